@@ -1,0 +1,1 @@
+//! vmsilo guest agent: command server, idle watchdog, interface naming

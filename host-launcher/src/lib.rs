@@ -1,0 +1,1 @@
+//! vmsilo host tools.

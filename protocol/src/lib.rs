@@ -1,0 +1,1 @@
+//! host↔guest command protocol: framing, messages, limits

@@ -1,0 +1,1 @@
+//! wp_security_context_v1 listener per VM

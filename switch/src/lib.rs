@@ -1,0 +1,1 @@
+//! vhost-user-net L3 switch for VM-to-VM networks
