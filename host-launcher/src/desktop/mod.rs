@@ -47,6 +47,21 @@ pub struct VmApps {
     pub packages: Vec<PathBuf>,
 }
 
+impl VmApps {
+    /// Every VM of a configuration, in document order.
+    pub fn from_config(config: &crate::config::Config) -> Vec<Self> {
+        config
+            .nixos_vms
+            .iter()
+            .map(|vm| Self {
+                name: vm.name.clone(),
+                color: vm.color.to_string(),
+                packages: vm.guest_programs.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Settings of one generator run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -89,15 +104,6 @@ pub enum DesktopError {
     /// The terminal command is unusable.
     #[error("terminal command {0:?} is empty or not a plain command line")]
     BadTerminal(String),
-    /// Loading the configuration failed.
-    #[error("loading the configuration {path}")]
-    Config {
-        /// The config file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
 }
 
 /// One host entry written.
