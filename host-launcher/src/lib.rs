@@ -20,6 +20,7 @@ pub mod derive;
 pub mod desktop;
 pub mod paths;
 pub mod plan;
+pub mod tray;
 
 /// An error and its causes on one line, `outer: inner: root`, for the top-level report.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
