@@ -380,6 +380,10 @@ impl Setup {
             .args(["--vm-shell", "vm-shell", "--log-level", "info"])
             .env("DBUS_SYSTEM_BUS_ADDRESS", &self.system.address)
             .env("DBUS_SESSION_BUS_ADDRESS", &self.session.address)
+            // Untranslated app names whatever the machine's locale.
+            .env("LANG", "C")
+            .env_remove("LC_ALL")
+            .env_remove("LC_MESSAGES")
             .spawn()
             .unwrap();
         Tray { child }

@@ -75,6 +75,38 @@ pub fn load(dirs: &[PathBuf], vms: &[String]) -> BTreeMap<String, Vec<App>> {
     out
 }
 
+/// The user's message locale (`LC_ALL`, `LC_MESSAGES`, `LANG`) as desktop-entry locale keys,
+/// most specific first: `de_DE.UTF-8@euro` gives `de_DE@euro`, `de_DE`, `de@euro`, `de`.
+pub fn user_locales() -> Vec<String> {
+    let raw = ["LC_ALL", "LC_MESSAGES", "LANG"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|v| !v.is_empty())
+        .unwrap_or_default();
+    locales_of(&raw)
+}
+
+fn locales_of(raw: &str) -> Vec<String> {
+    let (base, modifier) = match raw.split_once('@') {
+        Some((b, m)) => (b, Some(m)),
+        None => (raw, None),
+    };
+    let base = base.split('.').next().unwrap_or("");
+    if base.is_empty() || base == "C" || base == "POSIX" {
+        return Vec::new();
+    }
+    let lang = base.split('_').next().unwrap_or(base);
+    let mut out = Vec::new();
+    for b in [base, lang] {
+        if let Some(m) = modifier {
+            out.push(format!("{b}@{m}"));
+        }
+        out.push(b.to_owned());
+    }
+    out.dedup();
+    out
+}
+
 fn read_app(path: &Path, vm: &str) -> Option<App> {
     if std::fs::metadata(path).ok()?.len() > crate::desktop::MAX_ENTRY_BYTES {
         return None;
@@ -85,7 +117,23 @@ fn read_app(path: &Path, vm: &str) -> Option<App> {
     if group.entry("X-Vmsilo-VM") != Some(vm) {
         return None;
     }
-    let name = group.entry("Name")?.to_owned();
+    let name = group.localized_entry("Name", &user_locales())?.to_owned();
     let command = exec::expand_without_files(&exec::parse(group.entry("Exec")?).ok()?);
     (!command.is_empty()).then_some(App { name, command })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locales_of;
+
+    #[test]
+    fn locale_keys() {
+        assert_eq!(
+            locales_of("de_DE.UTF-8@euro"),
+            ["de_DE@euro", "de_DE", "de@euro", "de"]
+        );
+        assert_eq!(locales_of("fr"), ["fr"]);
+        assert!(locales_of("C.UTF-8").is_empty());
+        assert!(locales_of("").is_empty());
+    }
 }
