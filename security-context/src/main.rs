@@ -13,7 +13,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // wayland-backend logs a lost connection as an error; the supervisor already
+                // reports it with context, and a compositor restart is routine.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wayland_backend=off")),
         )
         .init();
     match run(&args) {

@@ -475,3 +475,60 @@ fn bad_arguments_are_rejected_with_the_offending_value() {
         );
     }
 }
+
+#[test]
+fn sigterm_while_the_compositor_is_absent_exits_cleanly() {
+    let s = setup();
+    let mut proc = ContextProcess::for_vm("banking", "#2ecc71", &s.listen, &s.display);
+    std::thread::sleep(Duration::from_millis(300));
+    proc.signal(Signal::SIGTERM);
+    assert_eq!(
+        proc.wait_exit().code(),
+        Some(0),
+        "stderr:\n{}",
+        proc.stderr()
+    );
+    assert!(!s.listen.exists());
+    assert!(proc.lines.try_recv().is_err(), "READY without a compositor");
+}
+
+/// The library API the VM service could embed instead of spawning the binary.
+#[test]
+fn library_listener_lives_until_dropped() {
+    use vmsilo_security_context::{Listener, Metadata};
+    let s = setup();
+    let compositor = TestCompositor::start(&s.display, true).unwrap();
+    let conn = Connection::from_socket(UnixStream::connect(&s.display).unwrap()).unwrap();
+    let metadata = Metadata::new("lib".parse().unwrap(), "#ABCDEF".parse().unwrap());
+    let listener = Listener::create(&conn, &metadata, &s.listen, None).unwrap();
+    assert_eq!(listener.path(), s.listen);
+    assert_eq!(
+        compositor.snapshot().contexts[0].info,
+        expected("lib", "#abcdef")
+    );
+    let (_client, globals) = connect_and_list(&s.listen);
+    assert!(!globals.iter().any(|g| g == MANAGER));
+
+    drop(listener);
+    assert!(!s.listen.exists());
+    compositor
+        .wait_for(TIMEOUT, |snap| (!snap.contexts[0].listening).then_some(()))
+        .expect("still listening after the Listener was dropped");
+    // The creator's connection is untouched and can create another one.
+    let again = Listener::create(&conn, &metadata, &s.listen, None).unwrap();
+    connect_and_list(again.path());
+    assert_eq!(compositor.snapshot().clients_of(1).count(), 1);
+}
+
+#[test]
+fn library_reports_a_missing_protocol() {
+    use vmsilo_security_context::{Listener, ListenerError, Metadata};
+    let s = setup();
+    let _compositor = TestCompositor::start(&s.display, false).unwrap();
+    let conn = Connection::from_socket(UnixStream::connect(&s.display).unwrap()).unwrap();
+    let metadata = Metadata::new("lib".parse().unwrap(), "#abcdef".parse().unwrap());
+    let err = Listener::create(&conn, &metadata, &s.listen, None).unwrap_err();
+    assert!(matches!(err, ListenerError::ProtocolMissing), "{err:?}");
+    assert!(!err.is_transient());
+    assert!(!s.listen.exists());
+}
