@@ -11,6 +11,21 @@
 //! - [`supervisor`]: reconnect with backoff and re-create the listener when the compositor
 //!   restarts ([`Supervisor::run`]).
 //! - [`cli`]: the `vmsilo-wayland-context` binary's arguments and entry point.
+//!
+//! The VM service normally spawns the binary as the desktop user; embedding looks like this
+//! (`stop` is any descriptor that becomes readable on shutdown, e.g. a signalfd or a pipe):
+//!
+//! ```no_run
+//! # use std::os::fd::AsFd;
+//! # use vmsilo_security_context::{Metadata, Supervisor};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let metadata = Metadata::new("banking".parse()?, "#2ecc71".parse()?);
+//! let (stop, _stop_writer) = nix::unistd::pipe()?;
+//! Supervisor::new("/run/user/1000/wayland-0".into(), metadata, "/run/vmsilo/banking/wayland-0".into())
+//!     .run(stop.as_fd(), |path| println!("READY {}", path.display()))?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cli;
 pub mod listener;

@@ -127,7 +127,9 @@ impl Listener {
         let manager = session.bind_manager()?;
 
         let socket = bind_socket(path)?;
-        let inode = socket_inode(path)?;
+        let inode = socket_inode(path).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })?;
         // From here on a failure must not leave our socket behind.
         let mut listener = Self {
             path: path.to_owned(),
@@ -191,8 +193,6 @@ impl Drop for Listener {
             Err(_) => {}
         }
         drop(self.close_fd.take());
-        // Let the compositor see the pipe close promptly even if the caller keeps the connection.
-        let _ = self.session.queue.flush();
     }
 }
 

@@ -532,3 +532,41 @@ fn library_reports_a_missing_protocol() {
     assert!(!err.is_transient());
     assert!(!s.listen.exists());
 }
+
+/// The supervisor as a library: readiness callback per (re-)creation and a pipe as stop signal.
+#[test]
+fn library_supervisor_recreates_and_stops_on_its_stop_fd() {
+    use std::os::fd::AsFd;
+    use vmsilo_security_context::{Metadata, Retry, Supervisor};
+    let s = setup();
+    let metadata = Metadata::new("sup".parse().unwrap(), "#102030".parse().unwrap());
+    let supervisor =
+        Supervisor::new(s.display.clone(), metadata, s.listen.clone()).with_retry(Retry {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+            protocol_grace: Duration::from_millis(100),
+        });
+    let (stop_read, stop_write) = nix::unistd::pipe().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        supervisor.run(stop_read.as_fd(), |path| {
+            ready_tx.send(path.to_owned()).unwrap();
+        })
+    });
+
+    for _ in 0..3 {
+        let compositor = TestCompositor::start(&s.display, true).unwrap();
+        assert_eq!(ready_rx.recv_timeout(TIMEOUT).unwrap(), s.listen);
+        connect_and_list(&s.listen);
+        assert_eq!(
+            compositor.snapshot().contexts[0].info,
+            expected("sup", "#102030")
+        );
+        compositor.stop().unwrap();
+    }
+    let _compositor = TestCompositor::start(&s.display, true).unwrap();
+    assert_eq!(ready_rx.recv_timeout(TIMEOUT).unwrap(), s.listen);
+    nix::unistd::write(&stop_write, b"x").unwrap();
+    runner.join().unwrap().unwrap();
+    assert!(!s.listen.exists());
+}
