@@ -480,7 +480,16 @@ fn bad_arguments_are_rejected_with_the_offending_value() {
 fn sigterm_while_the_compositor_is_absent_exits_cleanly() {
     let s = setup();
     let mut proc = ContextProcess::for_vm("banking", "#2ecc71", &s.listen, &s.display);
-    std::thread::sleep(Duration::from_millis(300));
+    // The retry warning comes after the signal handling is set up.
+    let deadline = Instant::now() + TIMEOUT;
+    while !proc.stderr().contains("compositor not usable") {
+        assert!(
+            Instant::now() < deadline,
+            "no retry warning: {}",
+            proc.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     proc.signal(Signal::SIGTERM);
     assert_eq!(
         proc.wait_exit().code(),
