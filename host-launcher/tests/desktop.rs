@@ -205,6 +205,7 @@ fn konsole_actions_tryexec_and_dbus_keys() {
     assert!(!text.contains("TryExec"), "{text}");
     assert!(!text.contains("X-DBUS"), "{text}");
     assert!(!text.contains("X-KDE-Shortcuts"), "{text}");
+    assert!(!text.contains("StartupWMClass"), "{text}");
     assert!(text.contains("\nActions=NewWindow;NewTab;\n"));
     assert!(
         text.contains(

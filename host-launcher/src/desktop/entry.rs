@@ -5,9 +5,12 @@
 //! directory) into the host menu. What happens to each key:
 //!
 //! - `Name` (all locales) gets ` [<vm>]` appended; `Keywords` (all locales) gain the VM name;
-//!   `GenericName`, `Comment`, `StartupWMClass`, `OnlyShowIn`, `NotShowIn`, `SingleMainWindow`,
+//!   `GenericName`, `Comment`, `OnlyShowIn`, `NotShowIn`, `SingleMainWindow`,
 //!   `InitialPreference`, `X-KDE-Protocols` are copied; `X-GNOME-FullName` is copied with the
 //!   suffix.
+//! - `StartupWMClass` is dropped: every VM running the same program would carry the same class,
+//!   so the task manager could show a banking window with the shopping entry's icon. Without it
+//!   a guest window is never attributed to a VM entry by the app_id the guest chose.
 //! - `Categories` keep the original ones (so the app still shows under "Internet" etc.) plus
 //!   `X-vmsilo-<vm>`, which the VM's menu folder includes.
 //! - `Icon` names the composed VM-coloured icon.
@@ -23,8 +26,9 @@
 //!   the guest's service on the host. An entry with `DBusActivatable=true` and no `Exec` can't
 //!   be launched through `vm-run` and is skipped.
 //! - `Path` (a guest working directory), `StartupNotify` (the guest can't complete the host's
-//!   startup notification), `TryExec`, `X-KDE-Shortcuts`, `Implements`, `PrefersNonDefaultGPU`
-//!   and any other key are dropped.
+//!   startup notification), `X-KDE-Shortcuts` (a global host shortcut), `Implements` (host D-Bus
+//!   interfaces), `PrefersNonDefaultGPU`, `X-KDE-Wayland-Interfaces` and any other key are
+//!   dropped.
 //! - `Hidden=true`, `NoDisplay=true` and non-`Application` entries are skipped.
 //! - Desktop actions listed in `Actions` keep their name and icon name, with `Exec` rewritten the
 //!   same way; actions without a group or an `Exec` are left out.
@@ -161,10 +165,8 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
             kf.set_list(key, &v);
         }
     }
-    for key in ["StartupWMClass", "X-KDE-Protocols"] {
-        if let Some(v) = main.entry(key).filter(|v| !v.is_empty()) {
-            kf.set(key, v);
-        }
+    if let Some(v) = main.entry("X-KDE-Protocols").filter(|v| !v.is_empty()) {
+        kf.set("X-KDE-Protocols", v);
     }
     if let Some(v) = main.entry_bool("SingleMainWindow") {
         kf.set("SingleMainWindow", if v { "true" } else { "false" });
