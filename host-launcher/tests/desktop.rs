@@ -227,6 +227,7 @@ fn libreoffice_writer_keeps_url_mimes_and_actions() {
     assert!(text.contains("\nExec=vm-run personal -- libreoffice --writer %U\n"));
     assert!(text.contains("MimeType=application/vnd.oasis.opendocument.text;"));
     assert!(text.contains("[Desktop Action NewDocument]"));
+    assert!(!text.contains("InitialPreference"), "{text}");
     // The icon came from another package of the same VM (libreoffice-common), as SVG.
     let svg = read(
         out.path(),

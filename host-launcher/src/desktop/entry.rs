@@ -6,8 +6,10 @@
 //!
 //! - `Name` (all locales) gets ` [<vm>]` appended; `Keywords` (all locales) gain the VM name;
 //!   `GenericName`, `Comment`, `OnlyShowIn`, `NotShowIn`, `SingleMainWindow`,
-//!   `InitialPreference`, `X-KDE-Protocols` are copied; `X-GNOME-FullName` is copied with the
+//!   `X-KDE-Protocols` are copied; `X-GNOME-FullName` is copied with the
 //!   suffix.
+//! - `InitialPreference` is dropped: a value chosen by the guest package must not rank a VM app
+//!   above host apps when KDE picks the default handler of a file or URL type.
 //! - `StartupWMClass` is dropped: every VM running the same program would carry the same class,
 //!   so the task manager could show a banking window with the shopping entry's icon. Without it
 //!   a guest window is never attributed to a VM entry by the app_id the guest chose.
