@@ -173,12 +173,6 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
     if let Some(v) = main.entry_bool("SingleMainWindow") {
         kf.set("SingleMainWindow", if v { "true" } else { "false" });
     }
-    if let Some(v) = main
-        .entry("InitialPreference")
-        .filter(|v| v.parse::<u32>().is_ok())
-    {
-        kf.set("InitialPreference", v);
-    }
     kf.set("X-Vmsilo-VM", ctx.vm);
     kf.set("X-Vmsilo-Source", ctx.guest_entry_path);
 
