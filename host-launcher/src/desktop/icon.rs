@@ -145,10 +145,13 @@ fn collect(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
     };
     for ent in rd.flatten() {
         let path = ent.path();
-        let Ok(ft) = ent.file_type() else { continue };
+        // Follow symlinks: Nix packages are often trees of links into other store paths.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
         let fname = ent.file_name();
         let fname = fname.to_string_lossy();
-        if ft.is_dir() {
+        if meta.is_dir() {
             if depth > 0 && !fname.contains("symbolic") {
                 collect(&path, name, depth - 1, out);
             }
@@ -603,6 +606,39 @@ mod tests {
         assert!(inline_svg("<html></html>").is_err());
         assert!(inline_svg("<svg viewBox=\"0 0 0 0\"></svg>").is_err());
         assert!(inline_svg("<svg width=\"3\" ").is_err());
+    }
+
+    #[test]
+    fn lookup_follows_symlinks_and_prefers_svg_then_widest_png() {
+        let pkg = tempfile::tempdir().unwrap();
+        let real = tempfile::tempdir().unwrap();
+        let png = |w: u32| {
+            let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+            b.extend_from_slice(&w.to_be_bytes());
+            b.extend_from_slice(&w.to_be_bytes());
+            b
+        };
+        std::fs::create_dir_all(real.path().join("apps")).unwrap();
+        std::fs::write(real.path().join("apps/app.png"), png(256)).unwrap();
+        let hicolor = pkg.path().join("share/icons/hicolor");
+        std::fs::create_dir_all(hicolor.join("32x32/apps")).unwrap();
+        std::fs::write(hicolor.join("32x32/apps/app.png"), png(32)).unwrap();
+        std::os::unix::fs::symlink(real.path(), hicolor.join("256x256")).unwrap();
+        let pkgs = [pkg.path().to_path_buf()];
+        let found = find_icon("app", &pkgs, &[]).unwrap();
+        assert_eq!(found.path, hicolor.join("256x256/apps/app.png"));
+        std::fs::create_dir_all(hicolor.join("symbolic/apps")).unwrap();
+        std::fs::write(hicolor.join("symbolic/apps/app.svg"), "<svg/>").unwrap();
+        assert_eq!(
+            find_icon("app", &pkgs, &[]).unwrap().kind,
+            IconKind::Png,
+            "symbolic ignored"
+        );
+        std::fs::create_dir_all(hicolor.join("scalable/apps")).unwrap();
+        std::fs::write(hicolor.join("scalable/apps/app.svg"), "<svg/>").unwrap();
+        assert_eq!(find_icon("app", &pkgs, &[]).unwrap().kind, IconKind::Svg);
+        assert!(find_icon("missing", &pkgs, &[]).is_none());
+        assert!(find_icon("../../etc/passwd", &pkgs, &[]).is_none());
     }
 
     #[test]
