@@ -447,3 +447,80 @@ fn bad_vm_name_is_refused() {
     let err = desktop::generate(&[vm], &Options::default(), out.path()).unwrap_err();
     assert!(matches!(err, desktop::DesktopError::BadVmName(n) if n == "../x"));
 }
+
+#[test]
+fn hostile_packages_are_skipped_not_fatal() {
+    let pkgdir = tempfile::tempdir().unwrap();
+    let apps = pkgdir.path().join("share/applications");
+    let icons = pkgdir.path().join("share/icons/hicolor/scalable/apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    std::fs::create_dir_all(&icons).unwrap();
+    // Bigger than the limit.
+    let mut big = String::from("[Desktop Entry]\nType=Application\nName=Big\nExec=big\n");
+    big.push_str(&"X-Pad=".repeat(1));
+    big.push_str(&"a".repeat(2 * 1024 * 1024));
+    big.push('\n');
+    std::fs::write(apps.join("big.desktop"), big).unwrap();
+    // Not UTF-8.
+    std::fs::write(
+        apps.join("latin1.desktop"),
+        b"[Desktop Entry]\nType=Application\nName=Caf\xe9\nExec=x\n",
+    )
+    .unwrap();
+    // A symlink loop in the icon tree and an icon that isn't an SVG at all.
+    std::os::unix::fs::symlink(
+        pkgdir.path().join("share/icons/hicolor"),
+        icons.join("loop"),
+    )
+    .unwrap();
+    std::fs::write(
+        icons.join("evil.svg"),
+        "<html><script>alert(1)</script></html>",
+    )
+    .unwrap();
+    std::fs::write(
+        apps.join("evil.desktop"),
+        "[Desktop Entry]\nType=Application\nName=Evil\nName[de]=Bö\\nse\nIcon=evil\n\
+         Exec=evil \"$(rm -rf ~)\" `id` %u\nComment=line1\\nline2\n",
+    )
+    .unwrap();
+    let vm = VmApps {
+        name: "dmz".into(),
+        color: "#ff00ff".into(),
+        packages: vec![pkgdir.path().into()],
+    };
+    let out = tempfile::tempdir().unwrap();
+    let report = desktop::generate(&[vm], &Options::default(), out.path()).unwrap();
+    let reasons: Vec<_> = report.skipped.iter().map(|s| s.reason.clone()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("larger than")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("not UTF-8")),
+        "{reasons:?}"
+    );
+    assert_eq!(report.generated.len(), 1);
+    assert!(
+        report.generated[0].icon_found,
+        "found, but it can't be embedded"
+    );
+    let svg = std::fs::read_to_string(&report.generated[0].icon_file).unwrap();
+    assert!(
+        !svg.contains("script") && svg.contains(">E</text>"),
+        "letter badge instead: {svg}"
+    );
+    let text = read(out.path(), "share/applications/vmsilo-dmz-evil.desktop");
+    // Shell metacharacters stay quoted literals for the guest program, never interpreted.
+    assert!(
+        text.contains("Exec=vm-run dmz -- evil \"\\\\$(rm -rf ~)\" \"\\\\`id\\\\`\" %u\n"),
+        "{text}"
+    );
+    assert!(text.contains("Name[de]=Bö\\nse [dmz]\n"), "{text}");
+    let validate = require("desktop-file-validate");
+    let o = Command::new(validate)
+        .arg(&report.generated[0].desktop_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
