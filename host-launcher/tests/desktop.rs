@@ -457,7 +457,7 @@ fn hostile_packages_are_skipped_not_fatal() {
     std::fs::create_dir_all(&icons).unwrap();
     // Bigger than the limit.
     let mut big = String::from("[Desktop Entry]\nType=Application\nName=Big\nExec=big\n");
-    big.push_str(&"X-Pad=".repeat(1));
+    big.push_str("X-Pad=");
     big.push_str(&"a".repeat(2 * 1024 * 1024));
     big.push('\n');
     std::fs::write(apps.join("big.desktop"), big).unwrap();
