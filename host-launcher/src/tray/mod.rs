@@ -32,7 +32,8 @@ use self::dbus::{ITEM_PATH, MENU_PATH, SYSTEMD_NAME, Shared, WATCHER_NAME};
 use self::model::{Action, Model, VmEntry, VmState};
 use crate::paths::units;
 
-/// Arguments of `vmsilo-tray`. The doc comments are the `--help` text.
+/// vmsilo's tray icon: each VM's state, Start/Stop/Restart, a shell and its applications.
+// (Arguments of `vmsilo-tray`; the doc comments are the `--help` text.)
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "vmsilo-tray", version)]
 pub struct TrayArgs {
@@ -130,13 +131,13 @@ fn build_model(config: &crate::config::Config, app_dirs: &[PathBuf]) -> Model {
     Model { vms, revision: 1 }
 }
 
-/// Start serving the tray on the given buses.
+/// Start serving the tray for `config` on the given buses.
 pub async fn serve(
     args: &TrayArgs,
+    config: &crate::config::Config,
     system: Connection,
     session: Connection,
 ) -> Result<Tray, TrayError> {
-    let config = crate::config::load(&args.config).map_err(TrayError::Config)?;
     let app_dirs = if args.app_dirs.is_empty() {
         apps::default_dirs()
     } else {
@@ -146,7 +147,7 @@ pub async fn serve(
         terminal: crate::desktop::parse_terminal(&args.terminal).map_err(TrayError::Terminal)?,
         vm_shell: args.vm_shell.clone(),
     };
-    let model = build_model(&config, &app_dirs);
+    let model = build_model(config, &app_dirs);
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Shared::new(model, tx);
 
@@ -195,13 +196,14 @@ pub async fn serve(
 
 /// The `vmsilo-tray` program: connect to the user's buses and serve until SIGTERM/SIGINT.
 pub async fn run(args: TrayArgs) -> Result<(), TrayError> {
+    let config = crate::config::load(&args.config).map_err(TrayError::Config)?;
     let system = Connection::system()
         .await
         .map_err(|e| TrayError::Connect("system", e))?;
     let session = Connection::session()
         .await
         .map_err(|e| TrayError::Connect("session", e))?;
-    let tray = serve(&args, system, session).await?;
+    let tray = serve(&args, &config, system, session).await?;
     tracing::info!(name = %tray.bus_name, vms = tray.shared.model().vms.len(), "tray ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(TrayError::Signals)?;
