@@ -6,9 +6,10 @@
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix \
 #     --arg lib 'import $NIXPKGS_LIB' --argstr example path/to/config.json
-{ lib, example ? null, document ? null }:
+#   (or --argstr documentJson '{...}' for an inline document)
+{ lib, example ? null, documentJson ? null }:
 let
-  doc = if document != null then document else builtins.fromJSON (builtins.readFile example);
+  doc = builtins.fromJSON (if documentJson != null then documentJson else builtins.readFile example);
 
   fakeDrv = name: {
     type = "derivation";
@@ -89,6 +90,7 @@ let
     ];
   };
   inherit (evaluated) config;
+  vlib = import ../../nix/lib.nix { inherit lib; };
 in
 {
   document = config.programs.vmsilo.internal.document;
@@ -114,4 +116,9 @@ in
   };
   etc = lib.mapAttrs (_: v: toString (v.source or "")) (config.environment.etc or { });
   inherit (config.programs.vmsilo) package vmSwitchPackage;
+  # Nix's MAC derivation, cross-checked against an independent implementation by the script.
+  macs = lib.listToAttrs (lib.concatMap (vm: map (e: {
+    name = "${vm.name}-${e.ifName}";
+    value = vlib.macOf vm e.ifName e.iface;
+  }) (vlib.sortedInterfaces vm)) config.programs.vmsilo.nixosVms);
 }
