@@ -96,7 +96,33 @@ else
     note "skip: module evaluation (set NIXPKGS_LIB to a nixpkgs lib directory)"
 fi
 
-# 3. KWin patch.
+# 3. KWin patch: the globals DESIGN.md requires hidden are in the patch's hidden set, and every
+#    global the patch hides has a "hidden" row in kwin-patch/README.md.
+python3 - "$repo/kwin-patch" <<'PY' || bad "kwin: hidden-globals list and README table disagree"
+import glob, re, sys
+required = """zwlr_data_control_manager_v1 zwlr_layer_shell_v1 org_kde_plasma_shell
+org_kde_kwin_server_decoration_palette_manager org_kde_plasma_virtual_desktop_management
+kde_output_management_v2 kde_output_device_v2 kde_screen_edge_manager_v1
+kde_external_brightness_v1 org_kde_kwin_dpms_manager zwp_keyboard_shortcuts_inhibit_manager_v1
+zxdg_exporter_v2 zxdg_importer_v2""".split()
+patch = "".join(open(p).read() for p in sorted(glob.glob(sys.argv[1] + "/*.patch")))
+block = re.search(r"vmsiloHiddenInterfaces = \{(.*?)\};", patch, re.S)
+if not block:
+    sys.exit("FAIL: no vmsiloHiddenInterfaces set in the patch")
+hidden = set(re.findall(r'QByteArrayLiteral\("([a-z0-9_]+)"\)', block.group(1)))
+readme = open(sys.argv[1] + "/README.md").read()
+rows = {name for line in readme.splitlines() if "**hidden**" in line
+        for name in re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])}
+errors = [f"required global {g} is not hidden" for g in required if g not in hidden]
+errors += [f"README has no hidden row for {g}" for g in sorted(hidden - rows)]
+errors += [f"README marks {g} hidden but the patch does not" for g in sorted(rows - hidden)]
+for e in errors:
+    print("FAIL: kwin:", e, file=sys.stderr)
+if not errors:
+    print(f"kwin: {len(hidden)} hidden globals cover DESIGN.md's list and match the README table")
+sys.exit(1 if errors else 0)
+PY
+
 if [ -n "${KWIN_SRC:-}" ]; then
     for p in "$repo"/kwin-patch/*.patch; do
         if out=$(git -C "$KWIN_SRC" apply --check "$p" 2>&1); then
