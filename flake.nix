@@ -17,10 +17,9 @@
     {
       overlays.default = import ./nix/packages/overlay.nix;
 
-      nixosModules.default = { ... }: {
-        imports = [ ./nix/module.nix ];
-        nixpkgs.overlays = [ self.overlays.default ];
-      };
+      # The module adds the KWin overlay itself (programs.vmsilo.patchKwin) and builds the
+      # vmsilo packages with callPackage when pkgs has no `vmsilo` attribute.
+      nixosModules.default = ./nix/module.nix;
 
       packages = forAllSystems (pkgs: {
         inherit (pkgs) vmsilo vm-switch vmsilo-guest;

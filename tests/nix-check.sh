@@ -92,6 +92,13 @@ if missing:
 PY
     done <"$tmp/cases.tsv"
     note "eval: $(wc -l <"$tmp/cases.tsv") bad configs checked"
+
+    if out=$(nix-instantiate --eval --strict --json "$repo/tests/nix/kwin-overlay.nix" --arg lib "import $NIXPKGS_LIB" 2>&1) \
+        && [ "$out" = "[]" ]; then
+        note "eval: KWin overlay pins 6.3.6 and adds the patch once"
+    else
+        bad "KWin overlay: $out"
+    fi
 else
     note "skip: module evaluation (set NIXPKGS_LIB to a nixpkgs lib directory)"
 fi

@@ -6,6 +6,6 @@ let
 in
 {
   config = lib.mkIf (cfg.enable && cfg.patchKwin) {
-    nixpkgs.overlays = [ (import ../packages/overlay.nix) ];
+    nixpkgs.overlays = [ (import ../packages/kwin-overlay.nix) ];
   };
 }

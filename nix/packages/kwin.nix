@@ -7,7 +7,10 @@ let
     hash = "sha256-J/IgXwbVjx0fSA0qlK4kAiwvlbnB/cWlSfjhQ3E/zhI=";
   };
 in
-if lib.versions.majorMinor kwin.version != lib.versions.majorMinor pinned.version then
+# Applying the overlay twice (module plus a user's own nixpkgs.overlays) must not patch twice.
+if kwin.passthru.vmsiloPatched or false then
+  kwin
+else if lib.versions.majorMinor kwin.version != lib.versions.majorMinor pinned.version then
   throw "vmsilo: the KWin patch targets KWin ${pinned.version}, but nixpkgs has ${kwin.version}; use the nixpkgs the vmsilo flake pins or set programs.vmsilo.patchKwin = false."
 else
   kwin.overrideAttrs (old: {
