@@ -92,20 +92,22 @@ let
   # Free-form crosvm attrsets: paths become strings so the document holds store paths.
   kvToJson = mapAttrs (_: v: if builtins.isPath v then toString v else v);
 
-  # One VM's entry of /etc/vmsilo/config.json. Keys are the option names; options that only
-  # shape the guest build (guestConfig, waylandProxy) stay out; the built kernel, initramfs and
-  # root disk are filled in as store paths.
+  # One VM's entry of /etc/vmsilo/config.json. Keys are the option names; guestConfig (a Nix
+  # module) stays out; the built kernel, initramfs and root disk are filled in as store paths.
   vmDocument = guest: vm: stripNulls {
     inherit (vm) id name memory cpus color vmm autoStart dependsOn rootDiskReadonly sharedHome gpu
-      sound vsock;
+      sound vsock waylandProxy;
     network = {
       inherit (vm.network) nameservers;
       interfaces = builtins.listToAttrs (map (e: {
         name = e.ifName;
-        value = e.iface // {
-          # Nix creates the TAP device, so the service must use exactly the name Nix chose.
-          tap = e.iface.tap // lib.optionalAttrs (e.iface.type == "tap") { name = tapName vm e; };
-        };
+        # Only the block that applies to the interface's type goes in (the assertions reject a
+        # non-default value in the other one). Nix creates the TAP device, so the service must
+        # use exactly the name Nix chose.
+        value = builtins.removeAttrs e.iface [ "tap" "vmNetwork" ]
+          // (if e.iface.type == "tap"
+              then { tap = e.iface.tap // { name = tapName vm e; }; }
+              else { inherit (e.iface) vmNetwork; });
       }) (sortedInterfaces vm));
     };
     autoShutdown = vm.autoShutdown;
@@ -124,7 +126,7 @@ let
 
   # The whole document. `guests` maps VM name to what cfg.guestBuilder returned for it.
   configDocument = { cfg, userUid, guests }: stripNulls {
-    inherit (cfg) user isolatedPciDevices crosvm;
+    inherit (cfg) user isolatedPciDevices crosvm enableBashIntegration;
     inherit userUid;
     hostNetworking = cfg.hostNetworking;
     "vm-switch" = cfg.vm-switch;
@@ -133,7 +135,10 @@ let
 
   quote = v: "\"${toString v}\"";
   duplicates = xs: unique (filter (x: length (filter (y: y == x) xs) > 1) xs);
-  isSafeName = n: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]{0,63}" n != null;
+  # Same rules as the Rust validator (host-launcher config::validate): VM and network names are
+  # path components, unit-name parts and TAP-name prefixes; interface names fit IFNAMSIZ.
+  isSafeName = n: builtins.match "[a-z]([a-z0-9-]{0,10}[a-z0-9])?" n != null;
+  isIfName = n: builtins.match "[A-Za-z0-9_.-]{1,15}" n != null && n != "." && n != ".." && n != "lo";
 
   # The validator's cross-field rules, as NixOS assertions. Each message names the VM (or option)
   # and quotes the offending value, like `vmsilo check` does with JSON paths.
@@ -154,7 +159,7 @@ let
       }
       {
         assertion = isSafeName vm.name;
-        message = "${at}.name: ${quote vm.name} must start with a letter or digit and contain only letters, digits, '-' and '_' (at most 64), because it is used in unit names and paths.";
+        message = "${at}.name: ${quote vm.name} is not a VM name: use a lowercase letter then lowercase letters, digits or '-' (not last), at most 12 characters; it becomes part of paths, unit and TAP names.";
       }
       {
         assertion = !(builtins.elem "${vm.name}-vm" names);
@@ -173,12 +178,30 @@ let
         message = "${iat}: tap.hostAddress ${quote iface.tap.hostAddress} and tap.bridge ${quote iface.tap.bridge} are mutually exclusive; set one of them.";
       }
       {
+        assertion = iface.type != "tap" || (iface.vmNetwork.name == null
+          && !iface.vmNetwork.receiveBroadcast && iface.vmNetwork.routes == [ ]);
+        message = "${iat}.vmNetwork: only applies to type \"vm-switch\"; this interface is a TAP (vmNetwork.name ${quote iface.vmNetwork.name}).";
+      }
+      {
+        assertion = iface.type != "vm-switch"
+          || (iface.tap.name == null && iface.tap.hostAddress == null && iface.tap.bridge == null);
+        message = "${iat}.tap: only applies to type \"tap\"; this interface is a vm-switch port (tap.name ${quote iface.tap.name}, tap.hostAddress ${quote iface.tap.hostAddress}, tap.bridge ${quote iface.tap.bridge}).";
+      }
+      {
         assertion = iface.type != "vm-switch" || iface.vmNetwork.name != null;
         message = "${iat}: type \"vm-switch\" needs vmNetwork.name.";
       }
       {
         assertion = iface.vmNetwork.name == null || isSafeName iface.vmNetwork.name;
-        message = "${iat}.vmNetwork.name: ${quote iface.vmNetwork.name} must contain only letters, digits, '-' and '_'.";
+        message = "${iat}.vmNetwork.name: ${quote iface.vmNetwork.name} is not a network name: a lowercase letter then lowercase letters, digits or '-', at most 12 characters.";
+      }
+      {
+        assertion = isIfName ifName;
+        message = "${iat}: ${quote ifName} is not a usable interface name (1-15 letters, digits, '-', '_', '.'; not \"lo\").";
+      }
+      {
+        assertion = iface.tap.bridge == null || isIfName iface.tap.bridge;
+        message = "${iat}.tap.bridge: ${quote iface.tap.bridge} is not a network interface name.";
       }
       {
         assertion = iface.macAddress == null
@@ -230,5 +253,5 @@ in
 {
   inherit paths units derivedMac macOf sortedInterfaces tapName tapInterfaces switchNetworks
     vmSwitchNetworksOf parseCidr normalizeBdf sharedHomePath configDocument vmDocument checks
-    isSafeName;
+    isSafeName isIfName;
 }

@@ -68,17 +68,24 @@ PY
         if ! out=$("$bindir/vmsilo" check "$tmp/$name.config.json" 2>&1); then
             bad "$name: vmsilo check rejected the generated config.json: $out"
         fi
-        python3 "$repo/tests/nix/check_eval.py" "$ex" "$tmp/$name.eval.json" "$bindir" || bad "$name: unit/network checks failed"
+        binaries=; [ "$ex" = "${examples[0]}" ] && binaries=--binaries
+        python3 "$repo/tests/nix/check_eval.py" "$ex" "$tmp/$name.eval.json" "$bindir" $binaries \
+            || bad "$name: unit/network checks failed"
         note "eval: $name checked"
     done
 
-    # Every bad config must fail with the expected assertion messages.
+    # Every bad config must fail with the expected assertion messages, and `vmsilo check` must
+    # reject it too (the Nix rules mirror the validator) unless the case says why not.
     python3 - "$repo/tests/nix/bad-configs.json" >"$tmp/cases.tsv" <<'PY'
 import json, sys
 for i, case in enumerate(json.load(open(sys.argv[1]))):
-    print(i, json.dumps(case["config"]), json.dumps(case["expect"]), case["case"], sep="\t")
+    print(i, json.dumps(case["config"]), json.dumps(case["expect"]), "nixOnly" in case, case["case"], sep="\t")
 PY
-    while IFS=$'\t' read -r i config expect label; do
+    while IFS=$'\t' read -r i config expect nixonly label; do
+        printf '%s' "$config" >"$tmp/bad$i.config.json"
+        if [ "$nixonly" = False ] && "$bindir/vmsilo" check "$tmp/bad$i.config.json" >/dev/null 2>&1; then
+            bad "bad config '$label': the Nix assertions reject it but vmsilo check accepts it"
+        fi
         if ! evalnix --argstr documentJson "$config" >"$tmp/bad$i.json" 2>"$tmp/bad$i.err"; then
             bad "bad config '$label': evaluation failed instead of reporting assertions: $(cat "$tmp/bad$i.err")"; continue
         fi
