@@ -69,7 +69,7 @@ PY
             bad "$name: vmsilo check rejected the generated config.json: $out"
         fi
         binaries=; [ "$ex" = "${examples[0]}" ] && binaries=--binaries
-        python3 "$repo/tests/nix/check_eval.py" "$ex" "$tmp/$name.eval.json" "$bindir" $binaries \
+        python3 "$repo/tests/nix/check_eval.py" "$ex" "$tmp/$name.eval.json" "$bindir" "$tmp/$name.config.json" $binaries \
             || bad "$name: unit/network checks failed"
         note "eval: $name checked"
     done

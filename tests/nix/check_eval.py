@@ -1,7 +1,7 @@
 """Checks one evaluation of the host module (tests/nix/eval.nix output) against the example
 config it came from: units, binaries, TAP/NAT, polkit, dirs and the MAC derivation.
 
-usage: check_eval.py EXAMPLE.json EVAL.json BINDIR [--binaries]
+usage: check_eval.py EXAMPLE.json EVAL.json BINDIR DOCUMENT.json [--binaries]
 (--binaries: also check that the binaries the units name accept those command lines)
 """
 
@@ -14,6 +14,7 @@ import sys
 example = json.load(open(sys.argv[1]))
 ev = json.load(open(sys.argv[2]))
 bindir = sys.argv[3]
+document_path = sys.argv[4]
 errors = []
 
 
@@ -99,6 +100,30 @@ tray = ev["userServices"].get("vmsilo-tray", {})
 expect(tray.get("serviceConfig", {}).get("ExecStart") == f"{pkg}/bin/vmsilo-tray", f"tray ExecStart {tray}")
 expect(f"d /shared 0755 {user} users -" in ev["tmpfiles"], "/shared not owned by the user")
 expect(f"d /var/lib/vmsilo/home-template 0700 {user} users -" in ev["tmpfiles"], "home template not owned by the user")
+
+# `vmsilo plan --json` on the generated document: the Rust side must derive the same unit names,
+# TAP names and MACs as Nix, and use the guest images Nix built.
+proc = subprocess.run([f"{bindir}/vmsilo", "plan", "--json", document_path], capture_output=True, text=True)
+if proc.returncode != 0:
+    expect(False, f"vmsilo plan --json failed: {proc.stderr.strip()[:300]}")
+else:
+    plan = {v["name"]: v for v in json.loads(proc.stdout)["vms"]}
+    for doc_vm in ev["document"]["nixosVms"]:
+        n = doc_vm["name"]
+        pv = plan.get(n)
+        if pv is None:
+            expect(False, f"{n}: missing from vmsilo plan")
+            continue
+        expect(pv["units"] == {"socket": f"vmsilo-{n}.socket", "proxy": f"vmsilo-{n}.service",
+                               "vm": f"vmsilo-{n}-vm.service"}, f"{n}: plan units {pv['units']}")
+        expect(pv["images"]["kernel"] == doc_vm["kernel"] and pv["images"]["initramfs"] == doc_vm["initramfs"]
+               and pv["images"]["rootDisk"] == doc_vm["rootDisk"]["path"], f"{n}: plan images {pv['images']}")
+        for t in pv["taps"]:
+            expect(t["tap"] in ev["interfaces"], f"{n}: plan TAP {t['tap']} is not a NixOS TAP device")
+            expect(ev["macs"].get(f"{n}-{t['interface']}") == t["mac"], f"{n}.{t['interface']}: plan MAC {t['mac']}")
+        for p in pv["switchPorts"]:
+            expect(ev["macs"].get(f"{n}-{p['interface']}") == p["mac"], f"{n}.{p['interface']}: plan MAC {p['mac']}")
+            expect(f"vm-switch-{p['network']}" in ev["services"], f"{n}: no vm-switch unit for {p['network']}")
 
 # The binaries the units name must accept those command lines.
 for binary, args in ([] if "--binaries" not in sys.argv else [
