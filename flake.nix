@@ -34,7 +34,7 @@
             ];
           }).config.programs.vmsilo.nixosVms;
           hostCfg = { guestAgentPackage = pkgs.vmsilo-guest; };
-        }).rootDisk;
+        }).rootImage;
         default = pkgs.vmsilo;
       });
 

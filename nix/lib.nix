@@ -89,8 +89,10 @@ let
     else if builtins.isList v then map stripNulls v
     else v;
 
-  # Free-form crosvm attrsets: paths become strings so the document holds store paths.
-  kvToJson = mapAttrs (_: v: if builtins.isPath v then toString v else v);
+  # Nix path values (./bzImage) are copied to the store by interpolation; strings stay as given.
+  pathToJson = v: if builtins.isPath v then "${v}" else toString v;
+  # Free-form crosvm attrsets: path values become store paths.
+  kvToJson = mapAttrs (_: v: if builtins.isPath v then pathToJson v else v);
 
   # One VM's entry of /etc/vmsilo/config.json. Keys are the option names; guestConfig (a Nix
   # module) stays out; the built kernel, initramfs and root disk are filled in as store paths.
@@ -113,8 +115,8 @@ let
     autoShutdown = vm.autoShutdown;
     additionalDisks = map kvToJson vm.additionalDisks;
     rootDisk = kvToJson (if vm.rootDisk != null then vm.rootDisk else { path = guest.rootDisk; });
-    kernel = toString (if vm.kernel != null then vm.kernel else guest.kernel);
-    initramfs = toString (if vm.initramfs != null then vm.initramfs else guest.initramfs);
+    kernel = pathToJson (if vm.kernel != null then vm.kernel else guest.kernel);
+    initramfs = pathToJson (if vm.initramfs != null then vm.initramfs else guest.initramfs);
     kernelParams = (guest.kernelParams or [ ]) ++ vm.kernelParams;
     sharedDirectories = map kvToJson vm.sharedDirectories;
     pciDevices = map kvToJson vm.pciDevices;

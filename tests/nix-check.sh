@@ -54,7 +54,7 @@ if [ -n "${NIXPKGS_LIB:-}" ]; then
 
     evalnix() { nix-instantiate --eval --strict --json "$repo/tests/nix/eval.nix" --arg lib "import $NIXPKGS_LIB" "$@"; }
 
-    examples=("$shared"/examples/*.json)
+    examples=("$shared"/examples/*.json "$repo"/tests/nix/examples/*.json)
     [ -e "${examples[0]}" ] || { bad "no examples in $shared/examples"; exit 1; }
     for ex in "${examples[@]}"; do
         name=$(basename "$ex" .json)

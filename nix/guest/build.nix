@@ -34,7 +34,7 @@ let
   };
 in
 {
-  inherit system toplevel;
+  inherit system toplevel rootImage;
   kernel = "${toplevel}/kernel";
   initramfs = "${toplevel}/initrd";
   rootDisk = "${rootImage}";

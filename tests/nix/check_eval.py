@@ -44,6 +44,20 @@ for vm in vms:
     expect(sock.get("ListenStream") == f"/run/vmsilo/{n}-command.socket", f"{n}: socket path {sock}")
     expect(sock.get("SocketUser") == user and sock.get("SocketMode") == "0600", f"{n}: socket owner/mode {sock}")
 
+    doc_vm = next(v for v in ev["document"]["nixosVms"] if v["name"] == n)
+    for key in ("kernel", "initramfs", "rootDisk"):
+        if key in vm:
+            expect(doc_vm[key] == vm[key], f"{n}: {key} {vm[key]!r} became {doc_vm[key]!r}")
+        elif key == "rootDisk":
+            expect(doc_vm[key]["path"].endswith(f"-vmsilo-root-{n}.img"), f"{n}: rootDisk is not the built image")
+        else:
+            expect(doc_vm[key].startswith("/nix/store/") and f"-guest-{n}/" in doc_vm[key], f"{n}: {key} is not the built guest's")
+    bridge_of = {t: b for b, v in ev["bridges"].items() for t in v.get("interfaces", [])}
+    for ifname, iface in vm.get("network", {}).get("interfaces", {}).items():
+        if iface.get("type") == "tap" and iface.get("tap", {}).get("bridge"):
+            tapn = iface["tap"].get("name") or f"{n}-{sorted(vm['network']['interfaces']).index(ifname)}"
+            expect(bridge_of.get(tapn) == iface["tap"]["bridge"], f"{n}.{ifname}: {tapn} not in bridge {iface['tap']['bridge']}")
+
     proxy = ev["services"].get(f"vmsilo-{n}", {})
     expect(shlex.split(proxy.get("serviceConfig", {}).get("ExecStart", "")) == [f"{pkg}/bin/vmsilo", "proxy", n],
            f"{n}: proxy ExecStart {proxy.get('serviceConfig')}")
@@ -95,6 +109,10 @@ for vm in vms:
 
     expect(f'"vmsilo-{n}-vm.service"' in ev["polkit"] and f'subject.user !== "{user}"' in ev["polkit"],
            f"{n}: polkit rule does not cover the VM service for {user}")
+
+for bdf in example.get("isolatedPciDevices", []):
+    full = bdf if bdf.count(":") == 2 else f"0000:{bdf}"
+    expect(f'KERNEL=="{full}", ATTR{{driver_override}}="vfio-pci"' in ev["vfio"]["udev"], f"vfio rule for {bdf}")
 
 tray = ev["userServices"].get("vmsilo-tray", {})
 expect(tray.get("serviceConfig", {}).get("ExecStart") == f"{pkg}/bin/vmsilo-tray", f"tray ExecStart {tray}")

@@ -62,7 +62,7 @@ let
   };
 
   # The document's guestPrograms are store path strings; the option wants packages.
-  toModuleVm = vm: builtins.removeAttrs vm [ "guestPrograms" "kernel" "initramfs" ] // {
+  toModuleVm = vm: builtins.removeAttrs vm [ "guestPrograms" ] // {
     guestPrograms = map (p: { type = "derivation"; name = baseNameOf p; outPath = p; })
       (vm.guestPrograms or [ ]);
   };
