@@ -10,8 +10,10 @@ let
   configFile = config.programs.vmsilo.internal.configFile;
 
   tapsOf = vm: map (t: t.name) (lib.filter (t: t.vm == vm.name) (vlib.tapInterfaces cfg.nixosVms));
-  # NixOS networking creates each TAP in <name>-netdev.service.
-  tapUnits = vm: map (t: "${t}-netdev.service") (tapsOf vm);
+  # The VM needs its TAP devices: require their device units (present with scripted networking
+  # and networkd alike) and order after the scripted <name>-netdev.service when it exists.
+  tapDevices = vm: map (t: "sys-subsystem-net-devices-${builtins.replaceStrings [ "-" ] [ "\\x2d" ] t}.device") (tapsOf vm);
+  tapServices = vm: map (t: "${t}-netdev.service") (tapsOf vm);
 
   socketUnit = vm: lib.nameValuePair (lib.removeSuffix ".socket" (units.socket vm.name)) {
     description = "vmsilo command socket of VM ${vm.name}";
@@ -46,10 +48,10 @@ let
   vmUnit = vm: lib.nameValuePair (lib.removeSuffix ".service" (units.vm vm.name)) {
     description = "vmsilo VM ${vm.name}";
     wantedBy = lib.optional vm.autoStart "multi-user.target";
-    wants = map units.vm vm.dependsOn;
-    requires = map units.switch (vlib.vmSwitchNetworksOf vm) ++ tapUnits vm;
+    wants = map units.vm vm.dependsOn ++ tapServices vm;
+    requires = map units.switch (vlib.vmSwitchNetworksOf vm) ++ tapDevices vm;
     after = [ "network.target" ] ++ map units.vm vm.dependsOn
-      ++ map units.switch (vlib.vmSwitchNetworksOf vm) ++ tapUnits vm;
+      ++ map units.switch (vlib.vmSwitchNetworksOf vm) ++ tapDevices vm ++ tapServices vm;
     # A rebuild must not kill running VMs; the new config applies at the next start.
     restartIfChanged = false;
     # What `vmsilo vm run` spawns: the VMM, qemu-img for the qcow2 overlay, the Wayland

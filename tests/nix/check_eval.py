@@ -86,6 +86,8 @@ for vm in vms:
             index = sorted(vm["network"]["interfaces"]).index(ifname)
             tap = iface.get("tap", {}).get("name") or f"{n}-{index}"
             dev = ev["interfaces"].get(tap, {})
+            unit = "sys-subsystem-net-devices-" + tap.replace("-", "\\x2d") + ".device"
+            expect(unit in vmsvc.get("requires", []), f"{n}: VM service does not require {unit}")
             expect(dev.get("virtualType") == "tap" and dev.get("virtualOwner") == user, f"{n}.{ifname}: TAP {tap} {dev}")
             host = iface.get("tap", {}).get("hostAddress")
             if host:
