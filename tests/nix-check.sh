@@ -43,7 +43,7 @@ if [ -n "${NIXPKGS_LIB:-}" ]; then
 
     bindir=${VMSILO_BIN_DIR:-}
     if [ -z "$bindir" ]; then
-        note "building vmsilo and vm-switch (cargo build -p vmsilo -p vm-switch)"
+        note "building vmsilo, vmsilo-tray and vm-switch (cargo build -p vmsilo -p vm-switch)"
         (cd "$repo" && cargo build -q -p vmsilo -p vm-switch) || { bad "cargo build of vmsilo/vm-switch failed"; exit 1; }
         bindir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
             | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug

@@ -7,7 +7,8 @@ let
     nativeBuildInputs = [ cfg.package ];
   } ''
     mkdir -p $out
-    vmsilo desktop --config ${config.programs.vmsilo.internal.configFile} --out $out
+    vmsilo desktop --config ${config.programs.vmsilo.internal.configFile} --out $out \
+      --vm-run ${cfg.package}/bin/vm-run
   '';
 in
 {

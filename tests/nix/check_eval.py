@@ -156,7 +156,10 @@ if "--binaries" in sys.argv:
     expect(code == 0 and all(f in out for f in ["--name", "--config-dir", "--log-level"]),
            f"vm-switch --help lacks --name/--config-dir/--log-level: {out.strip()[:300]}")
     code, out = run_help("vmsilo", ["desktop"])
-    expect(all(f in out for f in ["--config", "--out"]), f"vmsilo desktop lacks --config/--out: {out.strip()[:300]}")
+    expect(all(f in out for f in ["--config", "--out", "--vm-run"]),
+           f"vmsilo desktop lacks --config/--out/--vm-run: {out.strip()[:300]}")
+    code, out = run_help("vmsilo-tray", [])
+    expect(code == 0, f"vmsilo-tray --help failed ({code}): {out.strip()[:300]}")
 
 for e in errors:
     print(f"FAIL: {e}", file=sys.stderr)
