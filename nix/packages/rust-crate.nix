@@ -7,7 +7,9 @@ rustPlatform.buildRustPackage {
   src = import ./workspace-src.nix { inherit lib; };
   cargoLock.lockFile = ../../Cargo.lock;
   cargoBuildFlags = [ "-p" crate ];
-  cargoTestFlags = [ "-p" crate ];
+  # The test suite runs in CI (`tests/run.sh`); several tests need a D-Bus daemon, QEMU or a
+  # compositor that the Nix build sandbox does not have.
+  doCheck = false;
   nativeBuildInputs = [ pkg-config ] ++ nativeBuildInputs;
   inherit buildInputs;
   meta = {
