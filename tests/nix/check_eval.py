@@ -25,7 +25,10 @@ def expect(cond, msg):
 
 def run_help(binary, args):
     """Run the real binary's --help for a subcommand path: proves it accepts that command line."""
-    proc = subprocess.run([f"{bindir}/{binary}", *args, "--help"], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([f"{bindir}/{binary}", *args, "--help"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return 127, f"{bindir}/{binary} does not exist"
     return proc.returncode, proc.stdout + proc.stderr
 
 
