@@ -29,14 +29,18 @@ let
 
   proxyUnit = vm: lib.nameValuePair (lib.removeSuffix ".service" (units.proxy vm.name)) {
     description = "vmsilo command proxy of VM ${vm.name}";
-    requires = [ (units.socket vm.name) (units.vm vm.name) ];
-    after = [ (units.socket vm.name) (units.vm vm.name) ];
+    # The proxy starts the VM (and its dependsOn VMs) itself through systemd's StartUnit, so a
+    # start failure reaches the waiting vm-run as an error instead of failing the socket.
+    requires = [ (units.socket vm.name) ];
+    after = [ (units.socket vm.name) ];
     restartTriggers = [ configFile ];
     serviceConfig = {
       ExecStart = lib.escapeShellArgs [ vmsilo "proxy" vm.name ];
       SyslogIdentifier = "vmsilo-${vm.name}";
-      # The proxy only relays bytes between the socket and the guest's vsock port.
-      User = cfg.user;
+      # The proxy only relays bytes between the socket and the guest's vsock port, and starts
+      # units through polkit (host/polkit.nix), so it runs as the user. Hybrid vsock goes
+      # through the backend's unix socket, which root's VM service creates: that proxy is root.
+      User = if vm.vsock.transport == "vhost-vsock" then cfg.user else "root";
       NoNewPrivileges = true;
       ProtectSystem = "strict";
       ProtectHome = true;

@@ -64,7 +64,10 @@ for vm in vms:
     proxy = ev["services"].get(f"vmsilo-{n}", {})
     expect(shlex.split(proxy.get("serviceConfig", {}).get("ExecStart", "")) == [f"{pkg}/bin/vmsilo", "proxy", n],
            f"{n}: proxy ExecStart {proxy.get('serviceConfig')}")
-    expect(f"vmsilo-{n}-vm.service" in proxy.get("requires", []), f"{n}: proxy does not require the VM service")
+    expect(proxy.get("requires") == [f"vmsilo-{n}.socket"], f"{n}: proxy requires {proxy.get('requires')}")
+    transport = vm.get("vsock", {}).get("transport", "vhost-vsock")
+    expect(proxy.get("serviceConfig", {}).get("User") == (user if transport == "vhost-vsock" else "root"),
+           f"{n}: proxy user {proxy.get('serviceConfig', {}).get('User')} for transport {transport}")
 
     vmsvc = ev["services"].get(f"vmsilo-{n}-vm", {})
     sc = vmsvc.get("serviceConfig", {})
