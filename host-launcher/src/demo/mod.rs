@@ -200,12 +200,15 @@ fn binaries(args: &DemoArgs, t: &Transcript) -> Result<Bins> {
     })
 }
 
+/// Each demo VM with its address on the demo network, if it is networked.
+type Addresses = Vec<(String, Option<String>)>;
+
 /// The quick-start example as demo VMs: QEMU, hybrid vsock, no GPU or shared home, a short idle
 /// timeout, and vm-switch in place of TAP uplinks.
 fn demo_config(
     image: &guest::GuestImage,
     idle: u64,
-) -> Result<(Value, Vec<(String, Option<String>)>)> {
+) -> Result<(Value, Addresses)> {
     let mut doc: Value = serde_json::from_str(config::EXAMPLE_QUICKSTART)?;
     doc["hostNetworking"] = json!({ "nat": { "enable": false } });
     let mut addresses = Vec::new();
