@@ -1,14 +1,14 @@
 //! vmsilo guest agent (`vmsilo-agent`): runs the host's command requests inside the VM.
 //!
-//! - [`args`]: command-line options of the binary.
-//! - [`server`]: listeners (vsock port 5000, a unix socket, or an inherited `LISTEN_FDS` socket)
+//! - [`args`] — command-line options of the binary.
+//! - [`server`] — listeners (vsock port 5000, a unix socket, or an inherited `LISTEN_FDS` socket)
 //!   and the accept loop, one thread per connection.
-//! - [`session`]: one connection of the command protocol (`vmsilo-protocol`): handshake, spawn as
+//! - [`session`] — one connection of the command protocol (`vmsilo-protocol`): handshake, spawn as
 //!   the guest user with pipes or a pty, stdio/signal/window-size forwarding, exit status.
-//! - [`user`]: guest user lookup from `/etc/passwd` and `/etc/group` (no NSS, so the static
+//! - [`user`] — guest user lookup from `/etc/passwd` and `/etc/group` (no NSS, so the static
 //!   binary works in any guest).
-//! - [`watchdog`]: idle tracking and the autoShutdown poweroff.
-//! - [`ifname`]: renames network interfaces from `vmsilo.ifname=<name>,<mac>` kernel parameters.
+//! - [`watchdog`] — idle tracking and the autoShutdown poweroff.
+//! - [`ifname`] — renames network interfaces from `vmsilo.ifname=<name>,<mac>` kernel parameters.
 
 pub mod args;
 pub mod ifname;

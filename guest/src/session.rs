@@ -90,7 +90,8 @@ fn send(w: &SharedWriter, msg: &Message) -> Result<(), vmsilo_protocol::IoError>
 pub fn serve(stream: UnixStream, ctx: &Context) -> Result<(), SessionError> {
     let mut reader = stream.try_clone().map_err(SessionError::Clone)?;
     let writer: SharedWriter = Arc::new(Mutex::new(stream));
-    match read_message(&mut reader)? {
+    let first = read_message(&mut reader).inspect_err(|e| report_malformed(&writer, e))?;
+    match first {
         None => return Ok(()),
         Some(Message::Hello { version }) if version == PROTOCOL_VERSION => {}
         Some(Message::Hello { version }) => {
@@ -106,7 +107,8 @@ pub fn serve(stream: UnixStream, ctx: &Context) -> Result<(), SessionError> {
             version: PROTOCOL_VERSION,
         },
     )?;
-    let req = match read_message(&mut reader)? {
+    let second = read_message(&mut reader).inspect_err(|e| report_malformed(&writer, e))?;
+    let req = match second {
         None => return Ok(()),
         Some(Message::Exec(req)) => req,
         Some(other) => {
@@ -177,6 +179,13 @@ pub fn serve(stream: UnixStream, ctx: &Context) -> Result<(), SessionError> {
     let _ = w.shutdown(std::net::Shutdown::Both);
     drop(guard);
     result.map_err(Into::into)
+}
+
+/// Tell a client whose frame we could not parse why we hang up.
+fn report_malformed(w: &SharedWriter, e: &vmsilo_protocol::IoError) {
+    if matches!(e, vmsilo_protocol::IoError::Frame(_)) {
+        let _ = send(w, &Message::Error(error_chain(e)));
+    }
 }
 
 fn short(m: &Message) -> String {

@@ -1,10 +1,10 @@
 //! vmsilo host tools.
 //!
-//! - [`vsock`]: host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket).
-//! - [`vm_run`]: the `vm-run` client of the command protocol.
-//! - [`proxy`]: `vmsilo proxy <vm>`, the socket-activated command proxy.
-//! - [`units`]: systemd D-Bus calls (start/stop VM units).
-//! - [`tools_cli`]: command lines of `vm-run`, `vm-start`, `vm-stop`, `vm-shell`, and their
+//! - [`vsock`] — host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket).
+//! - [`vm_run`] — the `vm-run` client of the command protocol.
+//! - [`proxy`] — `vmsilo proxy <vm>`, the socket-activated command proxy.
+//! - [`units`] — systemd D-Bus calls (start/stop VM units).
+//! - [`tools_cli`] — command lines of `vm-run`, `vm-start`, `vm-stop`, `vm-shell`, and their
 //!   bash completion.
 
 pub mod proxy;

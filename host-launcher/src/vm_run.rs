@@ -214,7 +214,7 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         let _ = nix::sys::termios::tcsetattr(
-            &io::stdin(),
+            io::stdin(),
             nix::sys::termios::SetArg::TCSADRAIN,
             &self.0,
         );
