@@ -1,26 +1,52 @@
 //! vmsilo host tools.
 //!
-//! - [`vsock`] — host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket).
-//! - [`vm_run`] — the `vm-run` client of the command protocol.
-//! - [`proxy`] — `vmsilo proxy <vm>`, the socket-activated command proxy.
-//! - [`units`] — systemd D-Bus calls (start/stop VM units).
-//! - [`tools_cli`] — command lines of `vm-run`, `vm-start`, `vm-stop`, `vm-shell`, and their
-//!   bash completion.
+//! | module | what it does |
+//! |---|---|
+//! | [`config`] | the configuration document: parse, default, validate |
+//! | [`derive`] | values computed from the configuration (MACs, PCI slots, TAP names, colours) |
+//! | [`paths`] | runtime paths and unit names shared by every part |
+//! | [`crosvm`] | the crosvm command line of a VM |
+//! | [`plan`] | everything vmsilo would set up for each VM, as text or JSON |
+//! | [`cli`] | the `vmsilo` command's arguments |
+//! | [`commands`] | what each `vmsilo` subcommand does |
+//! | [`vsock`] | host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket) |
+//! | [`vm_run`] | the `vm-run` client of the command protocol |
+//! | [`proxy`] | `vmsilo proxy <vm>`, the socket-activated command proxy |
+//! | [`units`] | systemd D-Bus calls (start/stop VM units) |
+//! | [`tools_cli`] | command lines of `vm-run`, `vm-start`, `vm-stop`, `vm-shell`, and their bash completion |
 
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod crosvm;
+pub mod derive;
+pub mod paths;
+pub mod plan;
 pub mod proxy;
 pub mod tools_cli;
 pub mod units;
 pub mod vm_run;
 pub mod vsock;
 
-/// Render an error with its whole `source()` chain on one line, for the single top-level report.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+/// An error and its causes on one line, `outer: inner: root`, for the top-level report.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
-    s
+    text
+}
+
+/// Send `tracing` output to stderr at `level` (a level name or an env-filter directive).
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
