@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{Cli, Command, ConfigArg, PlanArgs};
+use crate::cli::{Cli, Command, CompletionsCommand, ConfigArg, PlanArgs, ProxyCommand};
 use crate::config::{self, Config, ConfigError, Source};
 use crate::paths::Paths;
 use crate::plan::Plan;
@@ -15,6 +15,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Plan(args) => plan(&args),
+        Command::Proxy(args) => proxy(&args),
+        Command::Completions(args) => completions(&args),
     }
 }
 
@@ -77,5 +79,46 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
     } else {
         write!(out, "{plan}")?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn proxy(args: &ProxyCommand) -> Result<ExitCode> {
+    let (config, _) = load_config(&ConfigArg {
+        config: args.config.clone(),
+    })?;
+    let mut paths = Paths::system();
+    if let Some(dir) = std::env::var_os("VMSILO_RUN_DIR") {
+        paths.run_dir = dir.into();
+    }
+    let p = &args.proxy;
+    let starter = match &p.start_command {
+        Some(cmd) => {
+            crate::proxy::Starter::Command(vec!["/bin/sh".into(), "-c".into(), cmd.clone()])
+        }
+        None => crate::proxy::Starter::Systemd,
+    };
+    let cfg = crate::proxy::config_for(
+        &config,
+        &paths,
+        &p.vm,
+        starter,
+        std::time::Duration::from_secs(p.agent_timeout),
+    )?;
+    let listener = crate::proxy::listener_from_env()?;
+    crate::proxy::Proxy::new(cfg).serve(listener)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn completions(args: &CompletionsCommand) -> Result<ExitCode> {
+    let (config, _) = load_config(&ConfigArg {
+        config: args.config.clone(),
+    })?;
+    let names: Vec<String> = config.vm_names().map(str::to_owned).collect();
+    let script = match args.completions.shell {
+        crate::tools_cli::CompletionShell::Bash => crate::tools_cli::bash_completion(&names),
+    };
+    std::io::stdout()
+        .write_all(script.as_bytes())
+        .context("writing the completion script")?;
     Ok(ExitCode::SUCCESS)
 }

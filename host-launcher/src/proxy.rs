@@ -100,6 +100,73 @@ pub enum ProxyError {
     },
 }
 
+/// Why a proxy configuration could not be built from the config document.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProxyConfigError {
+    /// The VM (or a dependency) is not in the document.
+    #[error("no VM named {0:?} in the configuration")]
+    UnknownVm(String),
+}
+
+/// How to reach a VM's agent, from its `vsock.transport` option.
+pub fn transport_for(vm: &crate::config::Vm, paths: &crate::paths::Paths) -> Transport {
+    match vm.vsock.transport {
+        crate::config::VsockTransport::VhostVsock => Transport::Vsock {
+            cid: vm.id,
+            port: crate::paths::AGENT_VSOCK_PORT,
+        },
+        crate::config::VsockTransport::VhostUser => Transport::Hybrid {
+            uds: paths.vsock_uds(&vm.name),
+            port: crate::paths::AGENT_VSOCK_PORT,
+        },
+    }
+}
+
+/// Build the proxy's view of VM `name`: its transport and its dependsOn closure, dependencies
+/// of dependencies first (the config validator has already ruled out cycles).
+pub fn config_for(
+    config: &crate::config::Config,
+    paths: &crate::paths::Paths,
+    name: &str,
+    starter: Starter,
+    agent_timeout: Duration,
+) -> Result<ProxyConfig, ProxyConfigError> {
+    fn visit(
+        config: &crate::config::Config,
+        paths: &crate::paths::Paths,
+        name: &str,
+        out: &mut Vec<Target>,
+        seen: &mut Vec<String>,
+    ) -> Result<(), ProxyConfigError> {
+        if seen.iter().any(|s| s == name) {
+            return Ok(());
+        }
+        seen.push(name.to_owned());
+        let vm = config
+            .vm(name)
+            .ok_or_else(|| ProxyConfigError::UnknownVm(name.to_owned()))?;
+        for dep in &vm.depends_on {
+            visit(config, paths, dep, out, seen)?;
+        }
+        out.push(Target {
+            name: name.to_owned(),
+            transport: transport_for(vm, paths),
+        });
+        Ok(())
+    }
+    let mut order = Vec::new();
+    visit(config, paths, name, &mut order, &mut Vec::new())?;
+    let vm = order
+        .pop()
+        .ok_or_else(|| ProxyConfigError::UnknownVm(name.to_owned()))?;
+    Ok(ProxyConfig {
+        vm,
+        depends_on: order,
+        starter,
+        agent_timeout,
+    })
+}
+
 /// The listening socket systemd passed (`LISTEN_FDS=1`, `LISTEN_PID` = us).
 pub fn listener_from_env() -> Result<UnixListener, ProxyError> {
     let fds = std::env::var("LISTEN_FDS").unwrap_or_default();

@@ -44,11 +44,12 @@ pub struct VmRunArgs {
     #[allow(missing_docs)]
     pub run_dir: RunDirArg,
     /// VM to run the program in.
-    #[arg(value_name = "VM")]
+    #[arg(value_name = "VM", index = 1)]
     pub vm: String,
     /// Program and its arguments.
     #[arg(
         required = true,
+        index = 2,
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "COMMAND"
