@@ -177,8 +177,17 @@ pub fn listener_from_env() -> Result<UnixListener, ProxyError> {
     if fds != "1" || !pid_ok {
         return Err(ProxyError::ListenFds(fds));
     }
+    // Make sure fd 3 is really open before taking ownership, and keep it from leaking into the
+    // VMs' start commands.
+    // SAFETY: F_GETFD/F_SETFD on a raw fd number touch no memory.
+    let open = unsafe { libc::fcntl(3, libc::F_GETFD) } >= 0
+        // SAFETY: as above.
+        && unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) } >= 0;
+    if !open {
+        return Err(ProxyError::ListenFds(format!("{fds} (fd 3 is not open)")));
+    }
     // SAFETY: the socket-activation protocol passes this process (LISTEN_PID matched) exactly
-    // one socket (LISTEN_FDS=1) as fd 3, which nothing else in the process owns.
+    // one socket (LISTEN_FDS=1) as fd 3, which is open (checked above) and owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(3) };
     // SAFETY: removing the variables before any thread exists, so no concurrent getenv.
     unsafe {

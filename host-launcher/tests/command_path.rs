@@ -1,0 +1,413 @@
+//! The host command path through its real interfaces, without QEMU: the `vm-run` binary, the
+//! `vmsilo proxy` binary (socket-activated via LISTEN_FDS), a fake hybrid-vsock backend and the
+//! agent's session code, all over unix sockets in a temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmsilo_guest::session::{self, Context};
+use vmsilo_guest::watchdog::Activity;
+use vmsilo_protocol::{Message, PROTOCOL_VERSION, read_message, write_message};
+
+const VM_RUN: &str = env!("CARGO_BIN_EXE_vm-run");
+const VMSILO: &str = env!("CARGO_BIN_EXE_vmsilo");
+
+fn agent_ctx() -> Arc<Context> {
+    Arc::new(Context {
+        user: "root".into(),
+        base_path: "/usr/local/bin:/usr/bin:/bin".into(),
+        wayland_display: "wayland-0".into(),
+        x_display: ":0".into(),
+        activity: Arc::new(Activity::new()),
+    })
+}
+
+/// Serve the agent's protocol directly on `path` (what the proxy forwards to).
+fn plain_agent(path: &Path) {
+    let l = UnixListener::bind(path).unwrap();
+    let ctx = agent_ctx();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || session::serve(s, &ctx));
+        }
+    });
+}
+
+/// A hybrid vsock backend stand-in on `uds`: answers `CONNECT 5000` with `OK 5000`, then runs
+/// an agent session on the stream.
+fn hybrid_backend(uds: &Path) {
+    let l = UnixListener::bind(uds).unwrap();
+    let ctx = agent_ctx();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                assert_eq!(line, b"CONNECT 5000");
+                s.write_all(b"OK 5000\n").unwrap();
+                let _ = session::serve(s, &ctx);
+            });
+        }
+    });
+}
+
+fn vm_run(run_dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(VM_RUN)
+        .env("VMSILO_RUN_DIR", run_dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn vm_run_round_trips_stdio_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    plain_agent(&dir.path().join("t-command.socket"));
+    let out = vm_run(
+        dir.path(),
+        &["t", "sh", "-c", "tr a-z A-Z; echo to-stderr >&2; exit 42"],
+        b"from stdin\n",
+    );
+    assert_eq!(out.stdout, b"FROM STDIN\n");
+    assert_eq!(out.stderr, b"to-stderr\n");
+    assert_eq!(out.status.code(), Some(42));
+
+    let out = vm_run(dir.path(), &["t", "sh", "-c", "kill -KILL $$"], b"");
+    assert_eq!(out.status.code(), Some(128 + 9));
+
+    let out = vm_run(dir.path(), &["-d", "t", "sleep", "5"], b"");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+
+    let out = vm_run(dir.path(), &["t", "/no/such/program"], b"");
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot start \"/no/such/program\""), "{err}");
+
+    let out = vm_run(dir.path(), &["nosuchvm", "true"], b"");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuchvm-command.socket"));
+}
+
+#[test]
+fn vm_run_forwards_signals_it_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    plain_agent(&dir.path().join("t-command.socket"));
+    let mut child = Command::new(VM_RUN)
+        .env("VMSILO_RUN_DIR", dir.path())
+        .args([
+            "t",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 5' TERM; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    stdout.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(child.wait().unwrap().code(), Some(5));
+}
+
+/// A fake agent that answers with `reply` after reading the client's first frame.
+fn hostile_agent(path: &Path, reply: fn(&mut UnixStream)) {
+    let l = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = read_message(&mut s);
+                reply(&mut s);
+            });
+        }
+    });
+}
+
+fn max_child_rss_kib() -> i64 {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it and keeps no pointer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    assert_eq!(rc, 0);
+    ru.ru_maxrss
+}
+
+#[test]
+fn hostile_agent_bytes_end_vm_run_cleanly_with_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    type Case = (&'static str, fn(&mut UnixStream), &'static str);
+    let cases: [Case; 5] = [
+        (
+            "huge",
+            |s| {
+                s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+                let _ = s.write_all(&vec![0u8; 1 << 20]);
+            },
+            "frame length 4294967295",
+        ),
+        (
+            "random",
+            |s| {
+                let junk: Vec<u8> = (0..100_000u32)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                    .collect();
+                let _ = s.write_all(&junk);
+            },
+            "malformed frame",
+        ),
+        (
+            "badtype",
+            |s| {
+                write_message(
+                    s,
+                    &Message::Hello {
+                        version: PROTOCOL_VERSION,
+                    },
+                )
+                .unwrap();
+                let _ = read_message(s);
+                s.write_all(&[0, 0, 0, 2, 0x99, 0]).unwrap();
+            },
+            "unknown message type 0x99",
+        ),
+        (
+            "truncated",
+            |s| {
+                s.write_all(&[0, 0, 0, 100, 1]).unwrap();
+            },
+            "closed the stream in the middle of a frame",
+        ),
+        (
+            "outoforder",
+            |s| {
+                write_message(
+                    s,
+                    &Message::Hello {
+                        version: PROTOCOL_VERSION,
+                    },
+                )
+                .unwrap();
+                let _ = read_message(s);
+                write_message(s, &Message::Stdout(vec![b'x'; 10])).unwrap();
+            },
+            "during program start",
+        ),
+    ];
+    for (name, reply, expect) in cases {
+        hostile_agent(&dir.path().join(format!("{name}-command.socket")), reply);
+        let out = vm_run(dir.path(), &[name, "true"], b"");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{name}: {err}");
+        assert!(err.contains(expect), "{name}: {err}");
+    }
+    // A flood of well-formed output is streamed, not accumulated: 256 MiB through vm-run.
+    hostile_agent(&dir.path().join("flood-command.socket"), |s| {
+        write_message(
+            s,
+            &Message::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+        let _ = read_message(s);
+        write_message(s, &Message::Started { pid: 1 }).unwrap();
+        let frame =
+            vmsilo_protocol::encode(&Message::Stdout(vec![b'y'; vmsilo_protocol::MAX_DATA_LEN]))
+                .unwrap();
+        for _ in 0..4096 {
+            if s.write_all(&frame).is_err() {
+                return;
+            }
+        }
+        write_message(s, &Message::Exit(vmsilo_protocol::ExitStatus::Code(0))).unwrap();
+    });
+    let child = Command::new(VM_RUN)
+        .env("VMSILO_RUN_DIR", dir.path())
+        .args(["flood", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(child.code(), Some(0));
+    let rss = max_child_rss_kib();
+    assert!(rss < 64 * 1024, "vm-run peaked at {rss} KiB");
+}
+
+/// `vmsilo proxy` started the way systemd would: the listening socket as fd 3,
+/// LISTEN_FDS=1 and LISTEN_PID set to the proxy's own pid.
+struct ProxyProc(Child);
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_proxy(run_dir: &Path, config: &Path, vm: &str, extra: &[&str]) -> ProxyProc {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = UnixListener::bind(run_dir.join(format!("{vm}-command.socket"))).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"")
+        .arg("sh")
+        .arg(VMSILO)
+        .arg("proxy")
+        .arg("--config")
+        .arg(config)
+        .arg(vm)
+        .args(extra)
+        .env("VMSILO_RUN_DIR", run_dir)
+        .env("VMSILO_LOG", "info");
+    // SAFETY: dup2 and fcntl are async-signal-safe; it puts the listener at fd 3 (without close-on-exec)
+    // in the child, as systemd does.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(listener);
+    ProxyProc(child)
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("config.json");
+    std::fs::write(
+        &path,
+        r#"{"user":"u","userUid":1000,"nixosVms":[
+            {"id":3,"name":"work","vsock":{"transport":"vhost-user"},"dependsOn":["net"]},
+            {"id":5,"name":"net","vsock":{"transport":"vhost-user"}},
+            {"id":7,"name":"dead","vsock":{"transport":"vhost-user"}}]}"#,
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn proxy_starts_dependencies_then_the_vm_and_forwards_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let config = write_config(dir.path());
+    let log = dir.path().join("starts.log");
+    let start = format!("echo {{vm}} >> {}", log.display());
+    let _p = start_proxy(
+        &run,
+        &config,
+        "work",
+        &["--start-command", &start, "--agent-timeout", "30"],
+    );
+
+    // Play the VM services: bring a VM's "guest" up once its start command has run.
+    let watcher = {
+        let (run, log) = (run.clone(), log.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut up = Vec::new();
+            while up.len() < 2 && Instant::now() < deadline {
+                let started = std::fs::read_to_string(&log).unwrap_or_default();
+                for vm in started.lines() {
+                    if !up.iter().any(|u| u == vm) {
+                        std::fs::create_dir_all(run.join(vm)).unwrap();
+                        hybrid_backend(&run.join(vm).join("vsock.sock"));
+                        up.push(vm.to_owned());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let out = vm_run(
+        &run,
+        &["work", "sh", "-c", "cat; echo done"],
+        b"via proxy\n",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via proxy\ndone\n");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    watcher.join().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "net\nwork\n",
+        "dependency must start first"
+    );
+
+    // Ten concurrent sessions through the running proxy; the VM is not started again.
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let run = run.clone();
+            std::thread::spawn(move || {
+                vm_run(
+                    &run,
+                    &["work", "sh", "-c", &format!("echo {i}; exit {i}")],
+                    b"",
+                )
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h.join().unwrap();
+        assert_eq!(out.stdout, format!("{i}\n").into_bytes());
+        assert_eq!(out.status.code(), Some(i as i32));
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "net\nwork\n");
+}
+
+#[test]
+fn proxy_reports_a_vm_that_never_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let config = write_config(dir.path());
+    let _p = start_proxy(
+        &run,
+        &config,
+        "dead",
+        &["--start-command", "true", "--agent-timeout", "2"],
+    );
+    let t = Instant::now();
+    let out = vm_run(&run, &["dead", "true"], b"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("VM \"dead\" did not come up"), "{err}");
+    assert!(err.contains("within 2s"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
