@@ -89,6 +89,18 @@ pub enum ProxyError {
         /// The last connection error.
         last: String,
     },
+    /// The start command exited before the agent answered: the VM died or never booted.
+    #[error(
+        "VM {vm:?} did not come up: its start command exited ({status}) before the agent answered (last error: {last})"
+    )]
+    StartCommandEnded {
+        /// VM name.
+        vm: String,
+        /// How the command ended.
+        status: std::process::ExitStatus,
+        /// The last connection error.
+        last: String,
+    },
     /// The agent connection failed for a non-transient reason.
     #[error("cannot reach the agent of VM {vm:?}")]
     Agent {
@@ -267,23 +279,44 @@ impl Proxy {
         }
         self.start(&t.name)?;
         let deadline = Instant::now() + self.cfg.agent_timeout;
-        t.transport
-            .connect_until(deadline, Duration::from_millis(50))
-            .map_err(|e| {
-                if e.is_transient() {
-                    ProxyError::AgentTimeout {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match t.transport.connect(left.max(Duration::from_millis(100))) {
+                Ok(s) => return Ok(s),
+                Err(e) if !e.is_transient() => {
+                    return Err(ProxyError::Agent {
+                        vm: t.name.clone(),
+                        source: e,
+                    });
+                }
+                Err(e) if Instant::now() + Duration::from_millis(50) >= deadline => {
+                    return Err(ProxyError::AgentTimeout {
                         vm: t.name.clone(),
                         transport: t.transport.clone(),
                         timeout: self.cfg.agent_timeout,
                         last: crate::error_chain(&e),
-                    }
-                } else {
-                    ProxyError::Agent {
-                        vm: t.name.clone(),
-                        source: e,
-                    }
+                    });
                 }
-            })
+                Err(e) => {
+                    if let Some(status) = self.start_command_ended(&t.name) {
+                        return Err(ProxyError::StartCommandEnded {
+                            vm: t.name.clone(),
+                            status,
+                            last: crate::error_chain(&e),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// The exit status of the VM's start command if it has already ended (command starter only).
+    fn start_command_ended(&self, vm: &str) -> Option<std::process::ExitStatus> {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        started
+            .get_mut(vm)
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     fn start(&self, vm: &str) -> Result<(), ProxyError> {

@@ -101,7 +101,12 @@ impl TransportError {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ),
             TransportError::NoListener { .. } | TransportError::HandshakeTimeout(_) => true,
-            TransportError::BadReply { .. } | TransportError::Io(_) => false,
+            // The backend accepts and drops connections while no VM is attached to it yet.
+            TransportError::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            TransportError::BadReply { .. } => false,
         }
     }
 }

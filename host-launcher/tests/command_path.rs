@@ -324,7 +324,8 @@ fn proxy_starts_dependencies_then_the_vm_and_forwards_sessions() {
     std::fs::create_dir_all(&run).unwrap();
     let config = write_config(dir.path());
     let log = dir.path().join("starts.log");
-    let start = format!("echo {{vm}} >> {}", log.display());
+    // Like a VM service, the start command keeps running while the VM is up.
+    let start = format!("echo {{vm}} >> {}; exec sleep 30", log.display());
     let _p = start_proxy(
         &run,
         &config,
@@ -397,11 +398,12 @@ fn proxy_reports_a_vm_that_never_comes_up() {
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let config = write_config(dir.path());
+    // The "VM" keeps running but its agent never answers: the timeout applies.
     let _p = start_proxy(
         &run,
         &config,
         "dead",
-        &["--start-command", "true", "--agent-timeout", "2"],
+        &["--start-command", "sleep 30", "--agent-timeout", "2"],
     );
     let t = Instant::now();
     let out = vm_run(&run, &["dead", "true"], b"");
@@ -410,4 +412,30 @@ fn proxy_reports_a_vm_that_never_comes_up() {
     assert!(err.contains("VM \"dead\" did not come up"), "{err}");
     assert!(err.contains("within 2s"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn proxy_reports_a_vm_whose_start_command_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let config = write_config(dir.path());
+    let _p = start_proxy(
+        &run,
+        &config,
+        "dead",
+        &["--start-command", "exit 3", "--agent-timeout", "60"],
+    );
+    let t = Instant::now();
+    let out = vm_run(&run, &["dead", "true"], b"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains("did not come up: its start command exited (exit status: 3)"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "waited for the timeout instead"
+    );
 }
