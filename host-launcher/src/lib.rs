@@ -12,6 +12,7 @@
 //! | [`vsock`] | host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket) |
 //! | [`vm_run`] | the `vm-run` client of the command protocol |
 //! | [`proxy`] | `vmsilo proxy <vm>`, the socket-activated command proxy |
+//! | [`shell`] | `vm-shell` (serial console, SSH over vsock), `vm-start`, `vm-stop` |
 //! | [`units`] | systemd D-Bus calls (start/stop VM units) |
 //! | [`tools_cli`] | command lines of `vm-run`, `vm-start`, `vm-stop`, `vm-shell`, and their bash completion |
 
@@ -23,6 +24,7 @@ pub mod derive;
 pub mod paths;
 pub mod plan;
 pub mod proxy;
+pub mod shell;
 pub mod tools_cli;
 pub mod units;
 pub mod vm_run;

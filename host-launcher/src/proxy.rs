@@ -17,6 +17,9 @@ use vmsilo_protocol::{Message, read_message, write_message};
 
 use crate::vsock::{Transport, TransportError};
 
+/// How long one hybrid-vsock handshake attempt may take while waiting for a booting VM.
+const HANDSHAKE_ATTEMPT: Duration = Duration::from_secs(5);
+
 /// How the proxy starts a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Starter {
@@ -281,7 +284,11 @@ impl Proxy {
         let deadline = Instant::now() + self.cfg.agent_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match t.transport.connect(left.max(Duration::from_millis(100))) {
+            // A CONNECT that reaches vhost-device-vsock before the guest's device is running
+            // can go unanswered, so each attempt waits a few seconds and then tries afresh (the
+            // unanswered stream stays open in the background, see `vsock`).
+            let wait = left.min(HANDSHAKE_ATTEMPT).max(Duration::from_millis(100));
+            match t.transport.connect(wait) {
                 Ok(s) => return Ok(s),
                 Err(e) if !e.is_transient() => {
                     return Err(ProxyError::Agent {

@@ -71,6 +71,14 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "vm-start", version)]
 pub struct VmStartArgs {
+    /// Config file, for the VM's dependsOn list.
+    #[arg(
+        long,
+        env = "VMSILO_CONFIG",
+        default_value = "/etc/vmsilo/config.json",
+        hide = true
+    )]
+    pub config: PathBuf,
     /// VM to start.
     #[arg(value_name = "VM")]
     pub vm: String,

@@ -174,7 +174,8 @@ pub fn write_config(dir: &Path, vms: &[(&str, u32, u64)]) -> PathBuf {
             format!(
                 r#"{{"id":{id},"name":"{name}","vsock":{{"transport":"vhost-user"}},
                    "autoShutdown":{{"enable":{},"after":{after}}}}}"#,
-                *after > 0
+                *after > 0,
+                after = (*after).max(1)
             )
         })
         .collect();
@@ -238,13 +239,13 @@ pub fn shell_quote(s: &str) -> String {
 
 /// Kill the boot script group recorded by [`boot_command`], if it still runs.
 pub fn kill_guest(dir: &Path, vm: &str) {
-    if let Ok(pid) = std::fs::read_to_string(dir.join(format!("{vm}.pid"))) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            // SAFETY: kill has no memory-safety preconditions; the negative pid addresses the
-            // process group `setsid` gave the boot script.
-            unsafe {
-                libc::kill(-pid, libc::SIGTERM);
-            }
+    if let Ok(pid) = std::fs::read_to_string(dir.join(format!("{vm}.pid")))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        // SAFETY: kill has no memory-safety preconditions; the negative pid addresses the
+        // process group `setsid` gave the boot script.
+        unsafe {
+            libc::kill(-pid, libc::SIGTERM);
         }
     }
 }

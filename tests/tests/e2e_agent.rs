@@ -22,6 +22,15 @@ impl Drop for GuestGuard<'_> {
     }
 }
 
+/// A scratch directory, kept for inspection when VMSILO_E2E_KEEP is set.
+fn workdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("vmsilo-e2e-")
+        .disable_cleanup(std::env::var_os("VMSILO_E2E_KEEP").is_some())
+        .tempdir()
+        .unwrap()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -41,7 +50,16 @@ fn pid_alive(dir: &Path, vm: &str) -> bool {
     let Ok(pid) = std::fs::read_to_string(dir.join(format!("{vm}.pid"))) else {
         return false;
     };
-    Path::new(&format!("/proc/{}", pid.trim())).exists()
+    // The boot script is the proxy's child: once it exits it stays a zombie until reaped.
+    match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
 }
 
 fn signal_session(tools: &Tools, run: &Path, script: &str, sig: i32) -> (String, Option<i32>) {
@@ -69,7 +87,7 @@ fn signal_session(tools: &Tools, run: &Path, script: &str, sig: i32) -> (String,
 fn command_path_in_a_qemu_guest() {
     agent::require_guest_prerequisites();
     let tools = agent::build_tools();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workdir();
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let config = agent::write_config(dir.path(), &[("e2e", 3, 15)]);
@@ -252,7 +270,7 @@ fn command_path_in_a_qemu_guest() {
 fn a_vm_whose_agent_never_comes_up_is_reported() {
     agent::require_guest_prerequisites();
     let tools = agent::build_tools();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workdir();
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let config = agent::write_config(dir.path(), &[("e2e", 3, 0)]);
