@@ -110,12 +110,34 @@ fn proxy(args: &ProxyCommand) -> Result<ExitCode> {
 }
 
 fn completions(args: &CompletionsCommand) -> Result<ExitCode> {
-    let (config, _) = load_config(&ConfigArg {
-        config: args.config.clone(),
-    })?;
-    let names: Vec<String> = config.vm_names().map(str::to_owned).collect();
+    if args.completions.vm_names {
+        let (config, _) = config::load_or_default(args.config.as_deref())?;
+        for name in config.vm_names() {
+            println!("{name}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let me = std::env::current_exe().context("locating the vmsilo binary")?;
+    // Call whatever `vmsilo` is on PATH at completion time when we were started from PATH
+    // (store paths change on rebuild); otherwise the absolute path we ran from.
+    let exe = if me.file_name().is_some_and(|n| n == "vmsilo")
+        && std::env::var_os("VMSILO_COMPLETION_ABSOLUTE").is_none()
+    {
+        "vmsilo".to_owned()
+    } else {
+        crate::proxy::sh_quote(&me.to_string_lossy())
+    };
+    let names = match &args.config {
+        Some(path) => format!(
+            "{exe} completions --vm-names --config {}",
+            crate::proxy::sh_quote(&path.to_string_lossy())
+        ),
+        None => format!("{exe} completions --vm-names"),
+    };
     let script = match args.completions.shell {
-        crate::tools_cli::CompletionShell::Bash => crate::tools_cli::bash_completion(&names),
+        Some(crate::tools_cli::CompletionShell::Bash) | None => {
+            crate::tools_cli::bash_completion(&names)
+        }
     };
     std::io::stdout()
         .write_all(script.as_bytes())

@@ -18,7 +18,10 @@ use vmsilo_protocol::{Message, read_message, write_message};
 use crate::vsock::{Transport, TransportError};
 
 /// How long one hybrid-vsock handshake attempt may take while waiting for a booting VM.
-const HANDSHAKE_ATTEMPT: Duration = Duration::from_secs(5);
+const HANDSHAKE_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// Pause between connection attempts while a VM boots; short, since every attempt is cheap.
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How the proxy starts a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +60,9 @@ pub enum ProxyError {
     /// No usable listening socket.
     #[error("LISTEN_FDS={0:?}: expected exactly one socket passed by systemd for this process")]
     ListenFds(String),
+    /// LISTEN_FDS promised fd 3 but it is not open.
+    #[error("LISTEN_FDS=1 but fd 3 is not open")]
+    ListenFdMissing,
     /// accept() failed.
     #[error("accept on the command socket failed")]
     Accept(#[source] std::io::Error),
@@ -199,7 +205,7 @@ pub fn listener_from_env() -> Result<UnixListener, ProxyError> {
         // SAFETY: as above.
         && unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) } >= 0;
     if !open {
-        return Err(ProxyError::ListenFds(format!("{fds} (fd 3 is not open)")));
+        return Err(ProxyError::ListenFdMissing);
     }
     // SAFETY: the socket-activation protocol passes this process (LISTEN_PID matched) exactly
     // one socket (LISTEN_FDS=1) as fd 3, which is open (checked above) and owned by nothing else.
@@ -312,7 +318,7 @@ impl Proxy {
                             last: crate::error_chain(&e),
                         });
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(RETRY_INTERVAL);
                 }
             }
         }
@@ -388,4 +394,9 @@ pub fn forward(client: UnixStream, agent: UnixStream) {
     // The guest ended the session: stop reading the client too.
     let _ = c2.shutdown(std::net::Shutdown::Read);
     let _ = up.join();
+}
+
+/// Quote a string for /bin/sh.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }

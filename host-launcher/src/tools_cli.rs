@@ -156,11 +156,19 @@ pub enum CompletionShell {
 #[derive(Debug, Clone, Args)]
 pub struct CompletionsArgs {
     /// Target shell.
-    pub shell: CompletionShell,
+    #[arg(required_unless_present = "vm_names")]
+    pub shell: Option<CompletionShell>,
+    /// Print the configured VM names, one per line (what the completion script calls).
+    #[arg(long, hide = true)]
+    pub vm_names: bool,
 }
 
-/// Bash completion for every user tool, offering `vm_names` wherever a VM name goes.
-pub fn bash_completion(vm_names: &[String]) -> String {
+/// Stand-in VM name replaced by a command substitution in the generated script.
+const VM_NAMES_SENTINEL: &str = "__VMSILO_VM_NAMES__";
+
+/// Bash completion for every user tool. Where a VM name goes, the script runs `names_command`
+/// at completion time, so it always offers the VMs of the current config.
+pub fn bash_completion(names_command: &str) -> String {
     let commands = [
         VmRunArgs::command(),
         VmStartArgs::command(),
@@ -171,12 +179,17 @@ pub fn bash_completion(vm_names: &[String]) -> String {
     let mut out = Vec::new();
     for cmd in commands {
         let mut cmd = cmd.mut_arg("vm", |a| {
-            a.value_parser(clap::builder::PossibleValuesParser::new(vm_names.to_vec()))
+            a.value_parser(clap::builder::PossibleValuesParser::new([
+                VM_NAMES_SENTINEL,
+            ]))
         });
         let name = cmd.get_name().to_owned();
         clap_complete::generate(clap_complete::shells::Bash, &mut cmd, name, &mut out);
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&out).replace(
+        VM_NAMES_SENTINEL,
+        &format!("$({names_command} 2>/dev/null)"),
+    )
 }
 
 #[cfg(test)]
@@ -210,7 +223,7 @@ mod tests {
 
     #[test]
     fn bash_completion_offers_configured_vm_names() {
-        let script = bash_completion(&["banking".into(), "shopping".into()]);
+        let script = bash_completion("printf '%s\\n' banking shopping");
         for tool in [
             "vm-run",
             "vm-start",
@@ -219,12 +232,27 @@ mod tests {
             "vm-start-debug",
         ] {
             assert!(
-                script.contains(&format!("complete -F _{} ", tool.replace('-', "__")))
-                    || script.contains(&format!(" {tool}\n"))
-                    || script.contains(tool),
-                "{tool} missing"
+                script.contains(&format!(" {tool}\n")),
+                "{tool} is not registered"
             );
         }
-        assert!(script.contains("banking shopping"), "VM names not offered");
+        assert!(!script.contains(VM_NAMES_SENTINEL));
+        let Ok(out) = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "{script}\nCOMP_WORDS=(vm-run ''); COMP_CWORD=1; _vm__run vm-run '' vm-run; echo \"${{COMPREPLY[@]}}\"\n\
+                 COMP_WORDS=(vm-stop sh); COMP_CWORD=1; _vm__stop vm-stop sh vm-stop; echo \"${{COMPREPLY[@]}}\""
+            ))
+            .output()
+        else {
+            panic!("bash is needed for this test");
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].split(' ').any(|w| w == "banking") && lines[0].contains("shopping"),
+            "{text}"
+        );
+        assert_eq!(lines[1], "shopping");
     }
 }

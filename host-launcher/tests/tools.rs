@@ -169,3 +169,34 @@ fn vm_start_and_stop_report_bus_and_name_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn generated_bash_completion_completes_vm_names_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let script = Command::new(env!("CARGO_BIN_EXE_vmsilo"))
+        .env("VMSILO_COMPLETION_ABSOLUTE", "1")
+        .args(["completions", "bash", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let script_path = dir.path().join("vmsilo.bash");
+    std::fs::write(&script_path, &script.stdout).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(vm-start ''); COMP_CWORD=1; _vm__start vm-start '' vm-start; echo \"${{COMPREPLY[@]}}\"; \
+             COMP_WORDS=(vm-shell --ssh w); COMP_CWORD=2; _vm__shell vm-shell w --ssh; echo \"${{COMPREPLY[@]}}\"",
+            script_path.display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].split(' ').any(|w| w == "work") && lines[0].split(' ').any(|w| w == "net"),
+        "{text}"
+    );
+    assert_eq!(lines[1], "work", "{text}");
+}
