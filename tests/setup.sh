@@ -10,7 +10,7 @@ APT_PACKAGES=(
   # static probes and test binaries
   gcc libc6-dev
   # desktop entries are checked with desktop-file-validate
-  desktop-file-utils
+  desktop-file-utils libxml2-utils
   # the tray is tested on a private D-Bus
   dbus
   # smithay's test compositor links libxkbcommon
@@ -38,6 +38,7 @@ KROOT=${VMSILO_KROOT:-/opt/vmsilo-test/kroot}
 if ! compgen -G "$KROOT/boot/vmlinuz-*" >/dev/null; then
   echo "tests/setup.sh: unpacking a Debian guest kernel into $KROOT"
   tmp=$(mktemp -d)
+  chmod 755 "$tmp"  # apt downloads as _apt
   (cd "$tmp" && apt-get download -qq "$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')")
   mkdir -p "$KROOT"
   dpkg-deb -x "$tmp"/linux-image-*.deb "$KROOT"

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{Cli, Command, CompletionsCommand, ConfigArg, PlanArgs, ProxyCommand};
+use crate::cli::{
+    Cli, Command, CompletionsCommand, ConfigArg, DesktopArgs, PlanArgs, ProxyCommand,
+};
 use crate::config::{self, Config, ConfigError, Source};
 use crate::paths::Paths;
 use crate::plan::Plan;
@@ -17,6 +19,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => plan(&args),
         Command::Proxy(args) => proxy(&args),
         Command::Completions(args) => completions(&args),
+        Command::Desktop(args) => desktop(&args),
     }
 }
 
@@ -142,5 +145,40 @@ fn completions(args: &CompletionsCommand) -> Result<ExitCode> {
     std::io::stdout()
         .write_all(script.as_bytes())
         .context("writing the completion script")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn desktop(args: &DesktopArgs) -> Result<ExitCode> {
+    let config = match config::load(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {}", crate::error_chain(&err));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let opts = crate::desktop::Options {
+        launch: crate::desktop::Launch {
+            vm_run: args.vm_run.clone(),
+            terminal: crate::desktop::parse_terminal(&args.terminal)?,
+        },
+        icon_dirs: args.icon_dir.clone(),
+    };
+    let vms = crate::desktop::VmApps::from_config(&config);
+    let report = crate::desktop::generate(&vms, &opts, &args.out)?;
+    for skipped in &report.skipped {
+        eprintln!(
+            "vmsilo: {}: skipped {}: {}",
+            skipped.vm,
+            skipped.source.display(),
+            skipped.reason
+        );
+    }
+    println!(
+        "{} desktop entries for {} VM{} in {}",
+        report.generated.len(),
+        vms.len(),
+        if vms.len() == 1 { "" } else { "s" },
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,8 @@
 //! | [`crosvm`] | the crosvm command line of a VM |
 //! | [`plan`] | everything vmsilo would set up for each VM, as text or JSON |
 //! | [`cli`] | the `vmsilo` command's arguments |
+//! | [`desktop`] | host desktop entries, icons and menu folders generated from guest packages |
+//! | [`tray`] | the `vmsilo-tray` StatusNotifierItem: VM states, start/stop, app menus |
 //! | [`commands`] | what each `vmsilo` subcommand does |
 //! | [`vsock`] | host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket) |
 //! | [`vm_run`] | the `vm-run` client of the command protocol |
@@ -21,11 +23,13 @@ pub mod commands;
 pub mod config;
 pub mod crosvm;
 pub mod derive;
+pub mod desktop;
 pub mod paths;
 pub mod plan;
 pub mod proxy;
 pub mod shell;
 pub mod tools_cli;
+pub mod tray;
 pub mod units;
 pub mod vm_run;
 pub mod vsock;
