@@ -439,3 +439,77 @@ fn proxy_reports_a_vm_whose_start_command_dies() {
         "waited for the timeout instead"
     );
 }
+
+#[test]
+fn vm_run_tty_uses_raw_mode_and_forwards_resizes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    plain_agent(&dir.path().join("t-command.socket"));
+    let ws = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&ws, None).unwrap();
+    let mut cmd = Command::new(VM_RUN);
+    cmd.env("VMSILO_RUN_DIR", dir.path())
+        .args(["-t", "t", "sh", "-c", "stty size; read x; stty size"])
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe; they make the pty vm-run's controlling
+    // terminal so resizing it sends vm-run SIGWINCH, as in a terminal emulator.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = Vec::new();
+    let read_until = |master: &mut std::fs::File, seen: &mut Vec<u8>, want: &str| {
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(seen).contains(want) {
+            let n = master.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "pty closed before {want:?}: {}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until(&mut master, &mut seen, "40 120");
+    // vm-run put our terminal into raw mode.
+    let t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    assert!(
+        !t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO),
+        "terminal not raw"
+    );
+    let ws = nix::pty::Winsize {
+        ws_row: 50,
+        ws_col: 132,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize struct that outlives the call.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ as _, &ws) },
+        0
+    );
+    // Let the SIGWINCH reach vm-run before the input that ends `read`.
+    std::thread::sleep(Duration::from_millis(500));
+    master.write_all(b"go\r").unwrap();
+    read_until(&mut master, &mut seen, "50 132");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    assert!(
+        t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO),
+        "terminal mode not restored"
+    );
+}
