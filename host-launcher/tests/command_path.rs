@@ -498,10 +498,8 @@ fn vm_run_tty_uses_raw_mode_and_forwards_resizes() {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads one winsize struct that outlives the call.
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ as _, &ws) },
-        0
-    );
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ as _, &ws) };
+    assert_eq!(rc, 0);
     // Let the SIGWINCH reach vm-run before the input that ends `read`.
     std::thread::sleep(Duration::from_millis(500));
     master.write_all(b"go\r").unwrap();
