@@ -269,6 +269,16 @@ impl Drop for ProxyProc {
 }
 
 fn start_proxy(run_dir: &Path, config: &Path, vm: &str, extra: &[&str]) -> ProxyProc {
+    start_proxy_env(run_dir, config, vm, extra, &[])
+}
+
+fn start_proxy_env(
+    run_dir: &Path,
+    config: &Path,
+    vm: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> ProxyProc {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let listener = UnixListener::bind(run_dir.join(format!("{vm}-command.socket"))).unwrap();
@@ -284,7 +294,8 @@ fn start_proxy(run_dir: &Path, config: &Path, vm: &str, extra: &[&str]) -> Proxy
         .arg(vm)
         .args(extra)
         .env("VMSILO_RUN_DIR", run_dir)
-        .env("VMSILO_LOG", "info");
+        .env("VMSILO_LOG", "info")
+        .envs(env.iter().copied());
     // SAFETY: dup2 and fcntl are async-signal-safe; it puts the listener at fd 3 (without close-on-exec)
     // in the child, as systemd does.
     unsafe {
@@ -509,5 +520,180 @@ fn vm_run_tty_uses_raw_mode_and_forwards_resizes() {
     assert!(
         t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO),
         "terminal mode not restored"
+    );
+}
+
+// ---- systemd over D-Bus: a private dbus-daemon with a fake org.freedesktop.systemd1 ----------
+
+/// A private bus (Debian `dbus`) standing in for the system bus; killed on drop.
+struct Bus(Child, String);
+
+impl Bus {
+    fn start() -> Self {
+        let mut child = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon is needed (Debian package dbus)");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        Self(child, line.trim().to_owned())
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Records StartUnit/StopUnit calls; "starting" a `-vm.service` brings that VM's guest up.
+struct FakeManager {
+    calls: Arc<std::sync::Mutex<Vec<String>>>,
+    run: PathBuf,
+}
+
+#[zbus::interface(interface = "org.freedesktop.systemd1.Manager")]
+impl FakeManager {
+    fn start_unit(&self, name: String, mode: String) -> zbus::fdo::Result<zbus::OwnedObjectPath> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("StartUnit {name} {mode}"));
+        let vm = name
+            .strip_prefix("vmsilo-")
+            .and_then(|n| n.strip_suffix("-vm.service"))
+            .ok_or_else(|| zbus::fdo::Error::Failed(format!("Unit {name} not found.")))?;
+        if vm == "dead" {
+            return Err(zbus::fdo::Error::Failed(format!("Unit {name} not found.")));
+        }
+        let uds = self.run.join(vm).join("vsock.sock");
+        if !uds.exists() {
+            std::fs::create_dir_all(self.run.join(vm)).unwrap();
+            hybrid_backend(&uds);
+        }
+        Ok(zbus::OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/1").unwrap())
+    }
+
+    fn stop_unit(&self, name: String, mode: String) -> zbus::OwnedObjectPath {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("StopUnit {name} {mode}"));
+        zbus::OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/2").unwrap()
+    }
+}
+
+/// Serve the fake manager on `bus` from a background runtime; returns its call log.
+fn fake_systemd(bus: &Bus, run: &Path) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mgr = FakeManager {
+        calls: calls.clone(),
+        run: run.to_owned(),
+    };
+    let addr = bus.1.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let _conn = zbus::connection::Builder::address(addr.as_str())
+                .name("org.freedesktop.systemd1")
+                .serve_at("/org/freedesktop/systemd1", mgr)
+                .build()
+                .await
+                .unwrap();
+            tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("fake systemd did not come up");
+    calls
+}
+
+#[test]
+fn proxy_and_vm_start_stop_drive_systemd_over_dbus() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let config = write_config(dir.path());
+    let bus = Bus::start();
+    let calls = fake_systemd(&bus, &run);
+
+    // The proxy, with no --start-command, asks systemd for the dependency, then the VM.
+    let listener_env = [("DBUS_SYSTEM_BUS_ADDRESS", bus.1.as_str())];
+    let _p = start_proxy_env(
+        &run,
+        &config,
+        "work",
+        &["--agent-timeout", "30"],
+        &listener_env,
+    );
+    let out = vm_run(&run, &["work", "echo", "via systemd"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via systemd\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [
+            "StartUnit vmsilo-net-vm.service replace",
+            "StartUnit vmsilo-work-vm.service replace"
+        ]
+    );
+
+    // A unit systemd refuses reaches vm-run as a clear error.
+    let _d = start_proxy_env(
+        &run,
+        &config,
+        "dead",
+        &["--agent-timeout", "30"],
+        &listener_env,
+    );
+    let out = vm_run(&run, &["dead", "true"], b"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        err.contains("cannot start unit vmsilo-dead-vm.service through systemd")
+            && err.contains("Unit vmsilo-dead-vm.service not found"),
+        "{err}"
+    );
+
+    // vm-start starts dependencies first; vm-stop stops the VM.
+    calls.lock().unwrap().clear();
+    for (bin, vm) in [
+        (env!("CARGO_BIN_EXE_vm-start"), "work"),
+        (env!("CARGO_BIN_EXE_vm-stop"), "work"),
+    ] {
+        let out = Command::new(bin)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.1)
+            .env("VMSILO_CONFIG", &config)
+            .arg(vm)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [
+            "StartUnit vmsilo-net-vm.service replace",
+            "StartUnit vmsilo-work-vm.service replace",
+            "StopUnit vmsilo-work-vm.service replace"
+        ]
     );
 }
