@@ -13,6 +13,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,12 @@ pub enum Transport {
 
 /// Longest reply line accepted from a hybrid backend; anything longer is not a backend.
 const MAX_REPLY_LINE: usize = 64;
+
+/// Most unanswered hybrid handshakes kept open at once (each holds a thread and a socket).
+pub const MAX_PENDING_HANDSHAKES: usize = 32;
+
+/// Unanswered hybrid handshakes currently held open in the background.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
 
 /// Why connecting to the guest failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +85,9 @@ pub enum TransportError {
     /// No reply within the deadline; the stream is kept open in the background (see module docs).
     #[error("no hybrid vsock handshake reply within {0:?}")]
     HandshakeTimeout(Duration),
+    /// Too many earlier handshakes are still unanswered; the backend is stuck.
+    #[error("{0} hybrid vsock handshakes are still unanswered")]
+    TooManyPending(usize),
     /// Reading or writing the handshake failed.
     #[error("hybrid vsock handshake I/O failed")]
     Io(#[source] std::io::Error),
@@ -100,7 +110,9 @@ impl TransportError {
                 source.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ),
-            TransportError::NoListener { .. } | TransportError::HandshakeTimeout(_) => true,
+            TransportError::NoListener { .. }
+            | TransportError::HandshakeTimeout(_)
+            | TransportError::TooManyPending(_) => true,
             // The backend accepts and drops connections while no VM is attached to it yet.
             TransportError::Io(e) => matches!(
                 e.kind(),
@@ -150,6 +162,10 @@ impl Transport {
                 Ok(UnixStream::from(fd))
             }
             Transport::Hybrid { uds, port } => {
+                let pending = PENDING.load(Ordering::SeqCst);
+                if pending >= MAX_PENDING_HANDSHAKES {
+                    return Err(TransportError::TooManyPending(pending));
+                }
                 let mut stream =
                     UnixStream::connect(uds).map_err(|source| TransportError::Uds {
                         path: uds.clone(),
@@ -171,9 +187,11 @@ impl Transport {
                     Ok(Err(e)) => Err(e),
                     Err(_) => {
                         // Keep our copy alive in the background too until the reader finishes.
+                        PENDING.fetch_add(1, Ordering::SeqCst);
                         std::thread::spawn(move || {
                             let _ = rx.recv();
                             drop(stream);
+                            PENDING.fetch_sub(1, Ordering::SeqCst);
                         });
                         Err(TransportError::HandshakeTimeout(handshake_timeout))
                     }
@@ -332,8 +350,46 @@ mod tests {
         );
     }
 
+    /// Serialises the tests that leave handshakes pending (the pending count is process-wide).
+    static PENDING_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn unanswered_handshakes_are_capped() {
+        let _g = PENDING_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let t = Transport::Hybrid {
+            uds: path,
+            port: 5000,
+        };
+        let mut held = Vec::new();
+        for _ in 0..MAX_PENDING_HANDSHAKES {
+            let e = t.connect(Duration::from_millis(10)).unwrap_err();
+            assert!(matches!(e, TransportError::HandshakeTimeout(_)), "{e}");
+            held.push(l.accept().unwrap().0);
+        }
+        let e = t.connect(Duration::from_millis(10)).unwrap_err();
+        assert!(
+            matches!(e, TransportError::TooManyPending(n) if n == MAX_PENDING_HANDSHAKES),
+            "{e}"
+        );
+        assert!(e.is_transient());
+        // Once the backend answers (here: closes), the slots free up.
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while PENDING.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pending handshakes never released"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn hybrid_timeout_does_not_close_the_pending_stream() {
+        let _g = PENDING_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vsock.sock");
         let l = UnixListener::bind(&path).unwrap();
