@@ -30,9 +30,38 @@ pub enum Command {
     /// Bring the bundled quick-start example up for real as tiny VMs (QEMU backend, vm-switch
     /// network, socket-activated command proxies) and walk through using it, with timings.
     Demo(crate::demo::DemoArgs),
+    /// Serve a VM's command socket (run by `vmsilo-<vm>.service` with the socket from
+    /// `vmsilo-<vm>.socket`): start the VM and its dependencies on demand, forward each
+    /// connection to the guest agent.
+    Proxy(ProxyCommand),
+    /// Print shell completion for vm-run, vm-start, vm-stop, vm-shell and vm-start-debug,
+    /// completing VM names from the configuration.
+    Completions(CompletionsCommand),
     /// Generate host desktop entries, VM-coloured icons and a menu folder per VM from each VM's
     /// guest program packages (run at build time).
     Desktop(DesktopArgs),
+}
+
+/// Arguments of `vmsilo proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyCommand {
+    /// Which configuration document to read.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Proxy options.
+    #[command(flatten)]
+    pub proxy: crate::tools_cli::ProxyArgs,
+}
+
+/// Arguments of `vmsilo completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsCommand {
+    /// Which configuration document to read VM names from.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Shell options.
+    #[command(flatten)]
+    pub completions: crate::tools_cli::CompletionsArgs,
 }
 
 /// Which configuration document to read.

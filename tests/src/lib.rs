@@ -8,6 +8,8 @@ pub mod compositor;
 
 use std::path::{Path, PathBuf};
 
+pub mod agent;
+
 /// The project's `shared/` directory, which sits beside the repository checkout.
 ///
 /// `VMSILO_SHARED` overrides it, because CI and developers may lay the two out differently.
