@@ -1,1 +1,4 @@
 //! vmsilo host tools.
+
+pub mod qemu;
+pub mod vm_service;

@@ -1,0 +1,316 @@
+//! The VM's serial console: two PTY pairs joined by a relay thread.
+//!
+//! The VMM opens the slave of the *guest* pair as an ordinary file (crosvm has no pty serial
+//! type, QEMU takes a path too); users attach to the slave of the *user* pair through the
+//! `<run_dir>/<vm>-console` symlink. The service holds both masters and copies bytes between
+//! them. It also keeps both slaves open, so a master never reads EIO when a user detaches, and it
+//! drops guest output when nobody drains it: the guest's UART never blocks on a missing reader.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::pty::openpty;
+use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+use nix::unistd::{pipe, read, ttyname, write};
+
+/// Bytes moved per read; the relay never buffers more than this.
+const CHUNK: usize = 4096;
+
+/// Errors while setting up the console.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// `openpty` failed (no /dev/ptmx or out of ptys).
+    #[error("cannot open a pseudo-terminal")]
+    OpenPty(#[source] Errno),
+    /// The slave's terminal settings could not be read or set to raw.
+    #[error("cannot set the pseudo-terminal to raw mode")]
+    RawMode(#[source] Errno),
+    /// The pts path of a slave could not be found.
+    #[error("cannot find the path of the pseudo-terminal")]
+    PtsName(#[source] Errno),
+    /// A master could not be made non-blocking, or the stop pipe could not be created.
+    #[error("cannot prepare the console relay")]
+    Relay(#[source] Errno),
+    /// The console symlink could not be created.
+    #[error("cannot create the console link {path}")]
+    Link {
+        /// The symlink path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The relay thread could not be started.
+    #[error("cannot start the console relay thread")]
+    Thread(#[source] io::Error),
+}
+
+/// One open PTY pair in raw mode.
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+    path: PathBuf,
+}
+
+impl Pty {
+    fn open() -> Result<Self, ConsoleError> {
+        let pair = openpty(None, None).map_err(ConsoleError::OpenPty)?;
+        let mut attrs = tcgetattr(&pair.slave).map_err(ConsoleError::RawMode)?;
+        // Raw: no echo of guest output back into the guest, no line editing, 8-bit clean.
+        cfmakeraw(&mut attrs);
+        tcsetattr(&pair.slave, SetArg::TCSANOW, &attrs).map_err(ConsoleError::RawMode)?;
+        let path = ttyname(&pair.slave).map_err(ConsoleError::PtsName)?;
+        set_nonblocking(&pair.master)?;
+        Ok(Self {
+            master: pair.master,
+            slave: pair.slave,
+            path,
+        })
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), ConsoleError> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(ConsoleError::Relay)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(ConsoleError::Relay)?;
+    Ok(())
+}
+
+/// The running console: the pts path for the VMM, the user link, and the relay thread.
+pub struct Console {
+    guest_path: PathBuf,
+    user_path: PathBuf,
+    link: PathBuf,
+    stop: Option<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Console {
+    /// Open both PTY pairs, link `link` to the user side and start relaying.
+    pub fn open(link: &Path) -> Result<Self, ConsoleError> {
+        let guest = Pty::open()?;
+        let user = Pty::open()?;
+        match fs::symlink_metadata(link) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                // A stale link from a crashed run; it points at a pts that is gone or reused.
+                let _ = fs::remove_file(link);
+            }
+            _ => {}
+        }
+        symlink(&user.path, link).map_err(|source| ConsoleError::Link {
+            path: link.to_path_buf(),
+            source,
+        })?;
+        let (stop_rx, stop_tx) = pipe().map_err(ConsoleError::Relay)?;
+        let guest_path = guest.path.clone();
+        let user_path = user.path.clone();
+        let thread = std::thread::Builder::new()
+            .name("console-relay".into())
+            .spawn(move || relay(guest, user, stop_rx))
+            .map_err(|e| {
+                let _ = fs::remove_file(link);
+                ConsoleError::Thread(e)
+            })?;
+        Ok(Self {
+            guest_path,
+            user_path,
+            link: link.to_path_buf(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The pts the VMM opens for its serial port.
+    pub fn guest_pts(&self) -> &Path {
+        &self.guest_path
+    }
+
+    /// The pts users attach to (what the link points at).
+    pub fn user_pts(&self) -> &Path {
+        &self.user_path
+    }
+
+    /// Stop the relay, close the PTYs and remove the link.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        // Dropping the write end wakes the relay with POLLHUP.
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if fs::symlink_metadata(&self.link).is_ok_and(|m| m.file_type().is_symlink()) {
+            let _ = fs::remove_file(&self.link);
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Copy guest → user and user → guest until `stop` closes. Writes that would block are dropped:
+/// a full user side means nobody is reading, and the guest must not stall on that.
+fn relay(guest: Pty, user: Pty, stop: OwnedFd) {
+    let mut buf = [0u8; CHUNK];
+    // The slaves stay open for the relay's lifetime (see the module docs).
+    let _keep = (&guest.slave, &user.slave);
+    loop {
+        let mut fds = [
+            PollFd::new(guest.master.as_fd(), PollFlags::POLLIN),
+            PollFd::new(user.master.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(error) => {
+                tracing::error!(%error, "console relay poll failed");
+                return;
+            }
+        }
+        let ready = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
+        if !ready(2).is_empty() {
+            return;
+        }
+        let from_guest = ready(0).contains(PollFlags::POLLIN);
+        let from_user = ready(1).contains(PollFlags::POLLIN);
+        if from_guest {
+            pump(&guest.master, &user.master, &mut buf);
+        }
+        if from_user {
+            pump(&user.master, &guest.master, &mut buf);
+        }
+        if !from_guest && !from_user {
+            // POLLHUP/POLLERR without data cannot happen while we hold the slaves; back off
+            // rather than spin if it ever does.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+fn pump(from: &OwnedFd, to: &OwnedFd, buf: &mut [u8]) {
+    let n = match read(from, buf) {
+        Ok(n) => n,
+        Err(Errno::EAGAIN | Errno::EINTR) => return,
+        Err(error) => {
+            tracing::debug!(%error, "console relay read failed");
+            return;
+        }
+    };
+    let mut rest = &buf[..n];
+    while !rest.is_empty() {
+        match write(to, rest) {
+            Ok(written) => rest = &rest[written..],
+            Err(Errno::EINTR) => {}
+            // Nobody drains the other side: drop the rest.
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    fn open_raw(path: &Path) -> fs::File {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags_nonblock()
+            .open(path)
+            .unwrap()
+    }
+
+    trait NonBlock {
+        fn custom_flags_nonblock(&mut self) -> &mut Self;
+    }
+    impl NonBlock for fs::OpenOptions {
+        fn custom_flags_nonblock(&mut self) -> &mut Self {
+            use std::os::unix::fs::OpenOptionsExt;
+            self.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        }
+    }
+
+    fn read_until(file: &mut fs::File, needle: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while Instant::now() < deadline {
+            match file.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+            if got.windows(needle.len()).any(|w| w == needle) {
+                return got;
+            }
+        }
+        panic!("timed out waiting for {needle:?}, got {got:?}");
+    }
+
+    #[test]
+    fn relays_both_ways_through_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("vm-console");
+        let console = Console::open(&link).unwrap();
+        assert_eq!(fs::read_link(&link).unwrap(), console.user_pts());
+
+        let mut vmm = open_raw(console.guest_pts());
+        let mut user = open_raw(&link);
+        vmm.write_all(b"guest says hi\n").unwrap();
+        read_until(&mut user, b"guest says hi\n");
+        user.write_all(b"ls\r").unwrap();
+        read_until(&mut vmm, b"ls\r");
+
+        console.close();
+        assert!(
+            fs::symlink_metadata(&link).is_err(),
+            "link removed on close"
+        );
+    }
+
+    #[test]
+    fn guest_output_never_blocks_without_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("vm-console");
+        let console = Console::open(&link).unwrap();
+        let mut vmm = fs::OpenOptions::new()
+            .write(true)
+            .open(console.guest_pts())
+            .unwrap();
+        // Far more than any pty buffer holds; a blocking relay would stall this write forever.
+        let line = [b'x'; 1024];
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..2048 {
+                vmm.write_all(&line).unwrap();
+            }
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("guest writes stalled although the service holds the master");
+        // A user attaching afterwards still talks to the guest side.
+        let mut vmm = open_raw(console.guest_pts());
+        let mut user = open_raw(&link);
+        user.write_all(b"ping\n").unwrap();
+        read_until(&mut vmm, b"ping\n");
+        console.close();
+    }
+}

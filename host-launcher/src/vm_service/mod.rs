@@ -1,0 +1,740 @@
+//! The VM service: what `vmsilo-<vm>-vm.service` runs (`vmsilo vm run <vm>`).
+//!
+//! One run prepares everything the VM needs, starts the VMM, reports readiness to systemd, and
+//! on SIGTERM powers the guest off and removes everything it created:
+//!
+//! 1. PCI passthrough checks ([`pci`]) — before anything is created, so a bad device costs nothing;
+//! 2. the runtime dir `<run_dir>/<vm>/`;
+//! 3. the root overlay ([`overlay`]), a fresh qcow2 per boot unless it is tmpfs;
+//! 4. the shared home ([`home`]), seeded once from the home template;
+//! 5. vm-switch peer files ([`peers`]);
+//! 6. the console PTY and its `<run_dir>/<vm>-console` link ([`console`]);
+//! 7. the Wayland security context (`vmsilo-wayland-context`, as the user) when the VM has a GPU
+//!    and the user's compositor is there;
+//! 8. `vhost-device-vsock` when the vsock transport is `vhost-user`;
+//! 9. the VMM (crosvm or QEMU), then `READY=1` once its control socket answers.
+//!
+//! Shutdown: crosvm gets `crosvm powerbtn`, then `crosvm stop` after the timeout; QEMU gets QMP
+//! `system_powerdown`, then `quit`. A second SIGTERM skips the wait. The guest powering itself off
+//! ends the service too (exit 0). Everything created is removed on every exit path, including
+//! errors halfway through preparation.
+
+pub mod console;
+pub mod control;
+pub mod home;
+pub mod notify;
+pub mod overlay;
+pub mod pci;
+pub mod peers;
+pub mod process;
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::SignalFd;
+
+use crate::qemu::{self, QemuVm};
+
+/// Errors of the VM service; each names what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Signals could not be routed to the service loop.
+    #[error("cannot set up signal handling")]
+    Signals(#[source] nix::Error),
+    /// The per-VM runtime directory could not be created.
+    #[error("cannot create the runtime directory {path}")]
+    RuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A PCI device cannot be passed through.
+    #[error("PCI passthrough check failed")]
+    Pci(#[from] pci::PciError),
+    /// The overlay disk could not be created.
+    #[error("cannot create the root overlay")]
+    Overlay(#[from] overlay::OverlayError),
+    /// The shared home could not be prepared.
+    #[error("cannot prepare the shared home")]
+    Home(#[from] home::HomeError),
+    /// A vm-switch peer file could not be written.
+    #[error("cannot publish the VM to vm-switch")]
+    Peer(#[from] peers::PeerError),
+    /// The console PTY could not be set up.
+    #[error("cannot set up the serial console")]
+    Console(#[from] console::ConsoleError),
+    /// A helper process or the VMM could not be started.
+    #[error("cannot start {what} ({program})")]
+    Spawn {
+        /// Which process.
+        what: &'static str,
+        /// Its program path.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A helper process did not come up.
+    #[error("{what} did not become ready: {detail}")]
+    NotReady {
+        /// Which process.
+        what: &'static str,
+        /// What happened instead.
+        detail: String,
+    },
+    /// The VMM exited with a failure status.
+    #[error("the VMM exited with {0}")]
+    VmmFailed(ExitStatus),
+    /// A helper the VM cannot work without died while the VM ran.
+    #[error("{what} exited unexpectedly with {status}; the VM was stopped")]
+    HelperDied {
+        /// Which helper.
+        what: &'static str,
+        /// Its exit status.
+        status: ExitStatus,
+    },
+    /// Waiting for children failed.
+    #[error("cannot wait for child processes")]
+    Wait(#[source] io::Error),
+}
+
+/// Where the service finds its programs and host interfaces. Defaults are the production paths;
+/// tests and `vm-start-debug` override them.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// crosvm binary.
+    pub crosvm: PathBuf,
+    /// QEMU system emulator.
+    pub qemu: PathBuf,
+    /// qemu-img, for overlays.
+    pub qemu_img: PathBuf,
+    /// vhost-device-vsock, for the `vhost-user` vsock transport.
+    pub vhost_device_vsock: PathBuf,
+    /// The security-context helper.
+    pub wayland_context: PathBuf,
+    /// Root of sysfs, for PCI checks.
+    pub sysfs: PathBuf,
+    /// The configured user's `XDG_RUNTIME_DIR`; `None` means `/run/user/<uid>`.
+    pub user_runtime_dir: Option<PathBuf>,
+    /// The compositor display (name under the runtime dir, or a path); `None` means
+    /// `wayland-0`.
+    pub wayland_display: Option<String>,
+    /// QEMU accelerator; `None` detects it.
+    pub accel: Option<qemu::Accel>,
+    /// How long the guest gets to power off after the power button before it is stopped.
+    pub shutdown_timeout: Duration,
+    /// How long the VMM and helpers get to come up.
+    pub start_timeout: Duration,
+}
+
+impl Default for Tools {
+    fn default() -> Self {
+        Self {
+            crosvm: "crosvm".into(),
+            qemu: "qemu-system-x86_64".into(),
+            qemu_img: "qemu-img".into(),
+            vhost_device_vsock: "vhost-device-vsock".into(),
+            wayland_context: "vmsilo-wayland-context".into(),
+            sysfs: "/sys".into(),
+            user_runtime_dir: None,
+            wayland_display: None,
+            accel: None,
+            shutdown_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The root overlay's upper layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayPlan {
+    /// A qcow2 file of this size (qemu-img syntax) under `<state_dir>/<vm>/`.
+    Qcow2 {
+        /// `<state_dir>/<vm>`.
+        dir: PathBuf,
+        /// `rootOverlay.size`.
+        size: String,
+    },
+    /// RAM-backed inside the guest: no disk.
+    Tmpfs,
+}
+
+/// The shared home to prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomePlan {
+    /// The host directory shared as the guest's home.
+    pub path: PathBuf,
+    /// `<state_dir>/home-template`.
+    pub template: PathBuf,
+    /// Owner uid (`userUid`).
+    pub uid: u32,
+    /// Owner gid (the user's primary group).
+    pub gid: u32,
+}
+
+/// The security-context helper to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaylandPlan {
+    /// Colour `#rrggbb`.
+    pub color: String,
+    /// The user it runs as.
+    pub uid: u32,
+    /// The user's primary group.
+    pub gid: u32,
+}
+
+/// Builds crosvm's argv (after the program name) from the runtime paths.
+pub type CrosvmArgs = Box<dyn Fn(&Runtime) -> Vec<OsString>>;
+
+/// Which VMM runs the guest, with what it needs beyond the runtime paths.
+pub enum VmmPlan {
+    /// crosvm; the closure builds argv (after `crosvm`) once the runtime paths exist.
+    Crosvm(CrosvmArgs),
+    /// QEMU; the template's runtime fields (console, QMP, overlay disk) are filled in at start.
+    Qemu(Box<QemuVm>),
+}
+
+impl std::fmt::Debug for VmmPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmmPlan::Crosvm(_) => f.write_str("Crosvm(..)"),
+            VmmPlan::Qemu(vm) => f.debug_tuple("Qemu").field(vm).finish(),
+        }
+    }
+}
+
+/// Everything the service does for one VM, decided up front from the config.
+#[derive(Debug)]
+pub struct Plan {
+    /// VM name.
+    pub name: String,
+    /// `<run_dir>/<vm>/`.
+    pub vm_run_dir: PathBuf,
+    /// `<run_dir>/<vm>-console`.
+    pub console_link: PathBuf,
+    /// Root overlay.
+    pub overlay: OverlayPlan,
+    /// Shared home, if enabled.
+    pub home: Option<HomePlan>,
+    /// (`<switch_dir>/<net>`, peer) per vm-switch interface.
+    pub peers: Vec<(PathBuf, peers::Peer)>,
+    /// PCI devices as configured (`01:00.0`).
+    pub pci: Vec<String>,
+    /// Security context, if the VM has a GPU.
+    pub wayland: Option<WaylandPlan>,
+    /// vsock CID when the transport is `vhost-user` (the service runs vhost-device-vsock).
+    pub vhost_user_vsock_cid: Option<u32>,
+    /// The VMM.
+    pub vmm: VmmPlan,
+}
+
+/// Paths that exist only while the service runs; argv builders refer to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// `<run_dir>/<vm>/`.
+    pub vm_dir: PathBuf,
+    /// The qcow2 overlay, when there is one.
+    pub overlay: Option<PathBuf>,
+    /// The pts the VMM's serial port opens.
+    pub console_pts: PathBuf,
+    /// crosvm control socket / QEMU QMP socket.
+    pub control_socket: PathBuf,
+    /// The security-context listener (`wayland-0`), when one was opened.
+    pub wayland_socket: Option<PathBuf>,
+    /// vhost-user-vsock socket, when the transport is `vhost-user`.
+    pub vhost_vsock_socket: Option<PathBuf>,
+    /// Hybrid vsock socket for the host side, when the transport is `vhost-user`.
+    pub vsock_uds: Option<PathBuf>,
+}
+
+/// Runtime file names inside `<run_dir>/<vm>/`.
+pub mod names {
+    /// crosvm control socket.
+    pub const CROSVM_SOCKET: &str = "crosvm.sock";
+    /// QEMU QMP socket.
+    pub const QMP_SOCKET: &str = "qmp.sock";
+    /// Security-context listener.
+    pub const WAYLAND_SOCKET: &str = "wayland-0";
+    /// vhost-user socket of vhost-device-vsock.
+    pub const VHOST_VSOCK_SOCKET: &str = "vhost-vsock.sock";
+    /// Hybrid vsock socket the host connects to.
+    pub const VSOCK_SOCKET: &str = "vsock.sock";
+}
+
+/// Why the service loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered itself off.
+    GuestExited,
+    /// We were asked to stop and the guest powered off after the power button.
+    PoweredOff,
+    /// We were asked to stop and had to force the VMM down.
+    Forced,
+}
+
+/// Everything created so far; dropping it removes all of it, in reverse order.
+#[derive(Default)]
+struct Created {
+    vm_dir: Option<PathBuf>,
+    overlay: Option<overlay::Overlay>,
+    peer_files: Vec<PathBuf>,
+    console: Option<console::Console>,
+    wayland: Option<Child>,
+    vsock_backend: Option<Child>,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        let grace = Duration::from_secs(5);
+        if let Some(mut child) = self.vsock_backend.take() {
+            process::terminate(&mut child, grace);
+        }
+        if let Some(mut child) = self.wayland.take() {
+            // The helper removes its listener on SIGTERM.
+            process::terminate(&mut child, grace);
+        }
+        if let Some(console) = self.console.take() {
+            console.close();
+        }
+        for path in self.peer_files.drain(..).rev() {
+            peers::remove(&path);
+        }
+        if let Some(overlay) = self.overlay.take() {
+            overlay.remove();
+        }
+        if let Some(dir) = self.vm_dir.take()
+            && let Err(error) = fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(dir = %dir.display(), %error, "cannot remove runtime dir");
+        }
+    }
+}
+
+/// Signals routed to the service loop through a signalfd.
+struct Signals {
+    fd: SignalFd,
+    old_mask: SigSet,
+}
+
+impl Signals {
+    fn block() -> Result<Self, ServiceError> {
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ] {
+            mask.add(s);
+        }
+        let mut old_mask = SigSet::empty();
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask))
+            .map_err(ServiceError::Signals)?;
+        let fd = SignalFd::with_flags(&mask, nix::sys::signalfd::SfdFlags::SFD_NONBLOCK)
+            .map_err(ServiceError::Signals)?;
+        Ok(Self { fd, old_mask })
+    }
+
+    /// Wait up to `timeout` for a signal; returns whether a stop signal arrived (SIGCHLD only
+    /// wakes the caller up).
+    fn wait(&self, timeout: Duration) -> Result<bool, ServiceError> {
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(ServiceError::Signals(e)),
+        }
+        let mut stop = false;
+        while let Some(info) = self.fd.read_signal().map_err(ServiceError::Signals)? {
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+            if signo != libc::SIGCHLD {
+                tracing::info!(signal = signo, "stop requested");
+                stop = true;
+            }
+        }
+        Ok(stop)
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+    }
+}
+
+fn spawn(what: &'static str, cmd: &mut Command) -> Result<Child, ServiceError> {
+    process::prepare(cmd);
+    let program = PathBuf::from(cmd.get_program());
+    cmd.spawn().map_err(|source| ServiceError::Spawn {
+        what,
+        program,
+        source,
+    })
+}
+
+/// Wait until `ready()` holds, failing if `child` exits first, a stop signal arrives, or the
+/// timeout passes.
+fn wait_ready(
+    what: &'static str,
+    child: &mut Child,
+    signals: &Signals,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), ServiceError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().map_err(ServiceError::Wait)? {
+            return Err(ServiceError::NotReady {
+                what,
+                detail: format!("exited with {status}"),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(ServiceError::NotReady {
+                what,
+                detail: format!("no sign of life within {}s", timeout.as_secs()),
+            });
+        }
+        if signals.wait(Duration::from_millis(50))? {
+            return Err(ServiceError::NotReady {
+                what,
+                detail: "stop requested while starting".into(),
+            });
+        }
+    }
+}
+
+fn socket_answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Start the security-context helper as the user and wait for its `READY <path>` line.
+fn start_wayland(
+    plan: &WaylandPlan,
+    vm: &str,
+    listen: &Path,
+    tools: &Tools,
+    signals: &Signals,
+) -> Result<Option<Child>, ServiceError> {
+    let runtime_dir = tools
+        .user_runtime_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{}", plan.uid)));
+    let display = tools
+        .wayland_display
+        .clone()
+        .unwrap_or_else(|| "wayland-0".into());
+    let display_path = if display.starts_with('/') {
+        PathBuf::from(&display)
+    } else {
+        runtime_dir.join(&display)
+    };
+    if !display_path.exists() {
+        // Nobody is logged in to a compositor: the VM still runs, its windows cannot show.
+        tracing::warn!(display = %display_path.display(),
+            "no Wayland compositor; starting the VM without a security context");
+        return Ok(None);
+    }
+    let mut cmd = Command::new(&tools.wayland_context);
+    cmd.args(["--vm", vm, "--color", &plan.color, "--listen"])
+        .arg(listen)
+        .arg("--display")
+        .arg(&display)
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .env("WAYLAND_DISPLAY", &display)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    if nix::unistd::geteuid().is_root() {
+        // std drops supplementary groups when it switches the uid.
+        cmd.uid(plan.uid).gid(plan.gid);
+    }
+    let mut child = spawn("the Wayland security context", &mut cmd)?;
+    let stdout = child.stdout.take();
+    let (tx, rx) = mpsc::channel();
+    let vm_name = vm.to_owned();
+    std::thread::spawn(move || {
+        let Some(stdout) = stdout else { return };
+        // Bounded lines; the helper is ours but its output still goes to the journal.
+        let mut reader = BufReader::new(stdout.take(1 << 20));
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            let trimmed = line.trim_end();
+            if trimmed.starts_with("READY ") {
+                let _ = tx.send(trimmed.to_owned());
+            } else {
+                tracing::info!(vm = %vm_name, "wayland-context: {trimmed}");
+            }
+            line.clear();
+        }
+    });
+    let want = format!("READY {}", listen.display());
+    let deadline = Instant::now() + tools.start_timeout;
+    loop {
+        match rx.try_recv() {
+            Ok(line) if line == want => return Ok(Some(child)),
+            Ok(line) => {
+                process::terminate(&mut child, Duration::from_secs(2));
+                return Err(ServiceError::NotReady {
+                    what: "the Wayland security context",
+                    detail: format!("printed {line:?}, expected {want:?}"),
+                });
+            }
+            Err(_) => {}
+        }
+        if let Some(status) = child.try_wait().map_err(ServiceError::Wait)? {
+            return Err(ServiceError::NotReady {
+                what: "the Wayland security context",
+                detail: format!("exited with {status}"),
+            });
+        }
+        if Instant::now() >= deadline || signals.wait(Duration::from_millis(50))? {
+            process::terminate(&mut child, Duration::from_secs(2));
+            return Err(ServiceError::NotReady {
+                what: "the Wayland security context",
+                detail: "no READY line".into(),
+            });
+        }
+    }
+}
+
+/// Prepare, run and tear down one VM. Returns how it ended; errors are after cleanup.
+pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
+    let signals = Signals::block()?;
+    pci::check(&tools.sysfs, &plan.pci)?;
+
+    let mut created = Created::default();
+    let vm_dir = plan.vm_run_dir.clone();
+    if fs::symlink_metadata(&vm_dir).is_ok() {
+        // Left over from a run that was killed; nothing in it is valid any more.
+        fs::remove_dir_all(&vm_dir).map_err(|source| ServiceError::RuntimeDir {
+            path: vm_dir.clone(),
+            source,
+        })?;
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&vm_dir)
+        .and_then(|()| fs::set_permissions(&vm_dir, fs::Permissions::from_mode(0o755)))
+        .map_err(|source| ServiceError::RuntimeDir {
+            path: vm_dir.clone(),
+            source,
+        })?;
+    created.vm_dir = Some(vm_dir.clone());
+
+    if let OverlayPlan::Qcow2 { dir, size } = &plan.overlay {
+        created.overlay = Some(overlay::Overlay::create(&tools.qemu_img, dir, size)?);
+    }
+    if let Some(h) = &plan.home
+        && home::ensure(&h.path, &h.template, h.uid, h.gid)?
+    {
+        tracing::info!(home = %h.path.display(), "seeded shared home");
+    }
+    for (net_dir, peer) in &plan.peers {
+        created.peer_files.push(peers::write(net_dir, peer)?);
+    }
+    let console = console::Console::open(&plan.console_link)?;
+    let console_pts = console.guest_pts().to_path_buf();
+    created.console = Some(console);
+
+    let mut runtime = Runtime {
+        vm_dir: vm_dir.clone(),
+        overlay: created.overlay.as_ref().map(|o| o.path().to_path_buf()),
+        console_pts,
+        control_socket: vm_dir.join(match plan.vmm {
+            VmmPlan::Crosvm(_) => names::CROSVM_SOCKET,
+            VmmPlan::Qemu(_) => names::QMP_SOCKET,
+        }),
+        wayland_socket: None,
+        vhost_vsock_socket: None,
+        vsock_uds: None,
+    };
+
+    if let Some(w) = &plan.wayland {
+        let listen = vm_dir.join(names::WAYLAND_SOCKET);
+        created.wayland = start_wayland(w, &plan.name, &listen, tools, &signals)?;
+        if created.wayland.is_some() {
+            runtime.wayland_socket = Some(listen);
+        }
+    }
+
+    if let Some(cid) = plan.vhost_user_vsock_cid {
+        let socket = vm_dir.join(names::VHOST_VSOCK_SOCKET);
+        let uds = vm_dir.join(names::VSOCK_SOCKET);
+        let mut cmd = Command::new(&tools.vhost_device_vsock);
+        cmd.arg("--guest-cid")
+            .arg(cid.to_string())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--uds-path")
+            .arg(&uds)
+            .stdin(Stdio::null());
+        let child = created
+            .vsock_backend
+            .insert(spawn("vhost-device-vsock", &mut cmd)?);
+        // QEMU cannot wait for a vhost-user-vsock backend: the socket must exist first.
+        wait_ready(
+            "vhost-device-vsock",
+            child,
+            &signals,
+            tools.start_timeout,
+            || socket.exists(),
+        )?;
+        runtime.vhost_vsock_socket = Some(socket);
+        runtime.vsock_uds = Some(uds);
+    }
+
+    let (program, argv) = match &plan.vmm {
+        VmmPlan::Crosvm(build) => (tools.crosvm.clone(), build(&runtime)),
+        VmmPlan::Qemu(template) => {
+            let mut vm = (**template).clone();
+            vm.console_pts = runtime.console_pts.clone();
+            vm.qmp_socket = runtime.control_socket.clone();
+            if let Some(overlay) = &runtime.overlay {
+                // The overlay follows the root disk, as under crosvm.
+                let at = usize::from(!vm.disks.is_empty());
+                vm.disks
+                    .insert(at, qemu::Disk::new(overlay, qemu::DiskFormat::Qcow2));
+            }
+            if let Some(socket) = &runtime.vhost_vsock_socket {
+                vm.vsock = qemu::Vsock::VhostUser {
+                    socket: socket.clone(),
+                };
+            }
+            (tools.qemu.clone(), qemu::command_line(&vm))
+        }
+    };
+    tracing::info!(vm = %plan.name, program = %program.display(), ?argv, "starting VMM");
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv).stdin(Stdio::null());
+    let mut vmm = spawn("the VMM", &mut cmd)?;
+    let control = runtime.control_socket.clone();
+    if let Err(e) = wait_ready("the VMM", &mut vmm, &signals, tools.start_timeout, || {
+        socket_answers(&control)
+    }) {
+        process::terminate(&mut vmm, Duration::from_secs(5));
+        return Err(e);
+    }
+    if let Err(error) = notify::notify("READY=1") {
+        tracing::warn!(%error, "sd_notify READY=1 failed");
+    }
+    tracing::info!(vm = %plan.name, "VM is up");
+
+    let outcome = supervise(&plan, tools, &runtime, &mut vmm, &mut created, &signals);
+    let _ = notify::notify("STOPPING=1");
+    drop(created);
+    outcome
+}
+
+/// Run until the guest exits or a stop signal arrives; then shut down.
+fn supervise(
+    plan: &Plan,
+    tools: &Tools,
+    runtime: &Runtime,
+    vmm: &mut Child,
+    created: &mut Created,
+    signals: &Signals,
+) -> Result<Outcome, ServiceError> {
+    loop {
+        let stop = signals.wait(Duration::from_secs(1))?;
+        if let Some(status) = vmm.try_wait().map_err(ServiceError::Wait)? {
+            tracing::info!(vm = %plan.name, %status, "VMM exited");
+            return if status.success() {
+                Ok(Outcome::GuestExited)
+            } else {
+                Err(ServiceError::VmmFailed(status))
+            };
+        }
+        let backend_exit = match created.vsock_backend.as_mut() {
+            Some(backend) => backend.try_wait().map_err(ServiceError::Wait)?,
+            None => None,
+        };
+        if let Some(status) = backend_exit {
+            // The VMM cannot reconnect to a new backend: without vsock the VM is unreachable,
+            // so stop it and let the next activation start it afresh.
+            tracing::error!(vm = %plan.name, %status, "vhost-device-vsock died; stopping the VM");
+            created.vsock_backend = None;
+            shutdown(plan, tools, runtime, vmm, signals)?;
+            return Err(ServiceError::HelperDied {
+                what: "vhost-device-vsock",
+                status,
+            });
+        }
+        let helper_exit = match created.wayland.as_mut() {
+            Some(helper) => helper.try_wait().map_err(ServiceError::Wait)?,
+            None => None,
+        };
+        if let Some(status) = helper_exit {
+            tracing::warn!(vm = %plan.name, %status,
+                "the Wayland security context exited; new guest windows cannot open");
+            created.wayland = None;
+        }
+        if stop {
+            return shutdown(plan, tools, runtime, vmm, signals);
+        }
+    }
+}
+
+/// Power button, wait, then force.
+fn shutdown(
+    plan: &Plan,
+    tools: &Tools,
+    runtime: &Runtime,
+    vmm: &mut Child,
+    signals: &Signals,
+) -> Result<Outcome, ServiceError> {
+    tracing::info!(vm = %plan.name, "powering the guest off");
+    let sock = &runtime.control_socket;
+    let asked = match plan.vmm {
+        VmmPlan::Crosvm(_) => control::crosvm(&tools.crosvm, "powerbtn", sock),
+        VmmPlan::Qemu(_) => control::qmp(sock, "system_powerdown"),
+    };
+    let mut graceful = true;
+    if let Err(error) = asked {
+        tracing::warn!(%error, "power button failed; stopping the VMM");
+        graceful = false;
+    }
+    if graceful {
+        let deadline = Instant::now() + tools.shutdown_timeout;
+        while Instant::now() < deadline {
+            if vmm.try_wait().map_err(ServiceError::Wait)?.is_some() {
+                return Ok(Outcome::PoweredOff);
+            }
+            if signals.wait(Duration::from_millis(100))? {
+                tracing::info!("second stop request; not waiting for the guest");
+                break;
+            }
+        }
+        tracing::warn!(vm = %plan.name, "guest did not power off in time; stopping the VMM");
+    }
+    let forced = match plan.vmm {
+        VmmPlan::Crosvm(_) => control::crosvm(&tools.crosvm, "stop", sock),
+        VmmPlan::Qemu(_) => control::qmp(sock, "quit"),
+    };
+    if let Err(error) = forced {
+        tracing::warn!(%error, "stop request failed");
+    }
+    if process::wait_timeout(vmm, Duration::from_secs(10))
+        .map_err(ServiceError::Wait)?
+        .is_none()
+    {
+        tracing::warn!(vm = %plan.name, "VMM ignored the stop request; killing it");
+        process::terminate(vmm, Duration::from_secs(5));
+    }
+    Ok(Outcome::Forced)
+}
