@@ -1,0 +1,136 @@
+//! Helpers for the VM service's end-to-end tests: a tiny QEMU guest built from `shared/vmtest`.
+//!
+//! The vmtest initramfs (busybox, virtio modules) gets a second cpio appended that replaces its
+//! `/init` with one made for the service: it prints `VMSILO_GUEST_UP` on the serial console,
+//! answers every console line with `GUEST_ECHO <line>`, and powers off cleanly (printing
+//! `VMSILO_POWER_BUTTON`) when the ACPI power button is pressed — which is what the service's
+//! QMP `system_powerdown` does. For that it loads `button.ko` and `evdev.ko` from the same kernel
+//! tree as the initramfs.
+//!
+//! Environment: `VMTEST_KROOT` (default `/`) is the kernel tree, as for `build-initramfs.sh
+//! --kroot`; `VMSILO_E2E_CACHE` (default `$CARGO_TARGET_TMPDIR`-like `target/vmsilo-e2e`) holds
+//! the built initramfs between runs.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{require_tool, shared_dir};
+
+/// Kernel and initrd of the test guest.
+#[derive(Debug, Clone)]
+pub struct TestGuest {
+    /// Kernel image (uncompressed vmlinux when available: boots fastest under TCG).
+    pub kernel: PathBuf,
+    /// vmtest initramfs with the service-test `/init` appended.
+    pub initrd: PathBuf,
+}
+
+/// The test guest's `/init`.
+const INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+for m in $(cat /etc/vmtest/modules) ; do insmod /lib/vmtest-modules/$m 2>/dev/null; done
+insmod /lib/vmsilo-test/evdev.ko || echo "VMSILO_WARN evdev"
+insmod /lib/vmsilo-test/button.ko || echo "VMSILO_WARN button"
+stty raw -echo 2>/dev/null
+sleep 0.2
+for ev in /dev/input/event*; do
+    [ -e "$ev" ] || continue
+    [ "$(cat /sys/class/input/${ev##*/}/device/name 2>/dev/null)" = "Power Button" ] || continue
+    ( dd if="$ev" bs=24 count=1 >/dev/null 2>&1; echo "VMSILO_POWER_BUTTON"; sync; poweroff -f ) &
+done
+echo "VMSILO_GUEST_UP nics=$(ls /sys/class/net | tr '\n' ' ')"
+while IFS= read -r line; do
+    line=$(printf '%s' "$line" | tr -d '\r')
+    [ -n "$line" ] && echo "GUEST_ECHO $line"
+done
+sleep 1000000
+"#;
+
+fn run(cmd: &mut Command) {
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed with {status}");
+}
+
+/// Build (or reuse) the test guest. Panics with what to install when something is missing.
+pub fn test_guest() -> TestGuest {
+    require_tool("busybox");
+    require_tool("qemu-system-x86_64");
+    let cache = std::env::var_os("VMSILO_E2E_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("target/vmsilo-e2e"));
+    fs::create_dir_all(&cache).expect("create e2e cache dir");
+    let kroot = std::env::var_os("VMTEST_KROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let base = cache.join("initramfs.cpio.gz");
+    if !base.exists() {
+        let script = shared_dir().join("vmtest/build-initramfs.sh");
+        assert!(script.exists(), "{} missing (set VMSILO_SHARED)", script.display());
+        run(Command::new(&script)
+            .arg("-o")
+            .arg(&base)
+            .arg("--kroot")
+            .arg(&kroot)
+            .arg("--no-iperf"));
+    }
+    let kernel = PathBuf::from(
+        fs::read_to_string(cache.join("initramfs.cpio.gz.kernel"))
+            .expect("build-initramfs.sh wrote no .kernel file")
+            .trim(),
+    );
+    let kver = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinux-").or_else(|| n.strip_prefix("vmlinuz-")))
+        .expect("kernel named vmlinux-KVER")
+        .to_owned();
+    let moddir = kroot.join("lib/modules").join(&kver).join("kernel/drivers");
+    let initrd = cache.join("initrd-vmsilo-service.img");
+    let extra = cache.join("extra");
+    let _ = fs::remove_dir_all(&extra);
+    fs::create_dir_all(extra.join("lib/vmsilo-test")).expect("extra dir");
+    for (module, src) in [
+        ("button.ko", moddir.join("acpi/button.ko")),
+        ("evdev.ko", moddir.join("input/evdev.ko")),
+    ] {
+        fs::copy(&src, extra.join("lib/vmsilo-test").join(module)).unwrap_or_else(|e| {
+            panic!(
+                "{} missing ({e}); install linux-image-amd64 or set VMTEST_KROOT to an unpacked \
+                 kernel package",
+                src.display()
+            )
+        });
+    }
+    let init = extra.join("init");
+    fs::write(&init, INIT).expect("write init");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).expect("chmod init");
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg("find . -mindepth 1 | busybox cpio -o -H newc 2>/dev/null")
+        .current_dir(&extra)
+        .output()
+        .expect("busybox cpio");
+    assert!(cpio.status.success(), "busybox cpio failed");
+    // The kernel unpacks concatenated archives in order; later files replace earlier ones, and
+    // NUL padding between archives is skipped.
+    let mut out = fs::read(&base).expect("read base initramfs");
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out.extend_from_slice(&cpio.stdout);
+    let mut file = fs::File::create(&initrd).expect("create initrd");
+    file.write_all(&out).expect("write initrd");
+    TestGuest { kernel, initrd }
+}
+
+/// Whether a path is a live unix socket someone listens on.
+pub fn socket_listening(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
