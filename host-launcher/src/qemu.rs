@@ -164,7 +164,7 @@ pub struct QemuVm {
     pub kernel: PathBuf,
     /// Initramfs, if any.
     pub initrd: Option<PathBuf>,
-    /// Kernel command line (without the console, which is added here).
+    /// Kernel command line (the serial console is ttyS0).
     pub params: String,
     /// Disks in guest order (root, overlay, additional).
     pub disks: Vec<Disk>,
@@ -172,6 +172,8 @@ pub struct QemuVm {
     pub nics: Vec<Nic>,
     /// vsock device.
     pub vsock: Vsock,
+    /// PCI devices passed through with VFIO (`dddd:bb:dd.f`).
+    pub vfio: Vec<String>,
     /// The pts QEMU's serial port opens (held by the service).
     pub console_pts: PathBuf,
     /// QMP socket QEMU listens on.
@@ -228,12 +230,9 @@ pub fn command_line(vm: &QemuVm) -> Vec<OsString> {
     if let Some(initrd) = &vm.initrd {
         push(&["-initrd", &initrd.to_string_lossy()]);
     }
-    let append = if vm.params.is_empty() {
-        "console=ttyS0".to_owned()
-    } else {
-        format!("console=ttyS0 {}", vm.params)
-    };
-    push(&["-append", &append]);
+    if !vm.params.is_empty() {
+        push(&["-append", &vm.params]);
+    }
     for (i, disk) in vm.disks.iter().enumerate() {
         let mut drive = format!(
             "if=none,id=disk{i},file={},format={},readonly={}",
@@ -295,6 +294,9 @@ pub fn command_line(vm: &QemuVm) -> Vec<OsString> {
             "vhost-user-vsock-pci,chardev=vsock",
         ]),
     }
+    for host in &vm.vfio {
+        push(&["-device", &format!("vfio-pci,host={host}")]);
+    }
     a.extend(vm.extra_args.iter().cloned());
     a.into_iter().map(OsString::from).collect()
 }
@@ -312,7 +314,7 @@ mod tests {
             accel: Accel::Tcg,
             kernel: "/nix/store/k/bzImage".into(),
             initrd: Some("/nix/store/i/initrd".into()),
-            params: "vmsilo.ifname=internal,52:54:00:12:34:56".into(),
+            params: "console=ttyS0 vmsilo.ifname=internal,52:54:00:12:34:56".into(),
             disks: vec![
                 Disk {
                     read_only: true,
@@ -331,6 +333,7 @@ mod tests {
             vsock: Vsock::VhostUser {
                 socket: "/run/vmsilo/banking/vhost-vsock.sock".into(),
             },
+            vfio: vec![],
             console_pts: "/dev/pts/7".into(),
             qmp_socket: "/run/vmsilo/banking/qmp.sock".into(),
             extra_args: vec![],
@@ -418,7 +421,7 @@ mod tests {
         let a = args(&v);
         assert_eq!(values(&a, "-cpu"), ["host"]);
         assert!(!a.contains(&"-initrd".to_owned()));
-        assert_eq!(values(&a, "-append"), ["console=ttyS0"]);
+        assert!(!a.contains(&"-append".to_owned()));
         let devices = values(&a, "-device");
         assert!(
             devices.contains(&"virtio-net-pci,netdev=net-internal,mac=52:54:00:12:34:56,addr=0x16")
@@ -442,6 +445,7 @@ mod tests {
             ..Disk::new("/tmp/a,b.qcow2", DiskFormat::Qcow2)
         }];
         v.extra_args = vec!["-s".into()];
+        v.vfio = vec!["0000:01:00.0".into()];
         let a = args(&v);
         assert_eq!(
             values(&a, "-drive"),
@@ -452,6 +456,7 @@ mod tests {
         assert!(values(&a, "-device").contains(
             &"virtio-blk-pci,drive=disk0,logical_block_size=4096,physical_block_size=4096,serial=data"
         ));
+        assert!(values(&a, "-device").contains(&"vfio-pci,host=0000:01:00.0"));
         assert_eq!(a.last().unwrap(), "-s");
     }
 

@@ -93,8 +93,9 @@ pub struct Console {
 }
 
 impl Console {
-    /// Open both PTY pairs, link `link` to the user side and start relaying.
-    pub fn open(link: &Path) -> Result<Self, ConsoleError> {
+    /// Open both PTY pairs, link `link` to the user side and start relaying. With `mirror`,
+    /// guest output is also copied there (`vm-start-debug` passes stdout).
+    pub fn open(link: &Path, mirror: Option<OwnedFd>) -> Result<Self, ConsoleError> {
         let guest = Pty::open()?;
         let user = Pty::open()?;
         match fs::symlink_metadata(link) {
@@ -113,7 +114,7 @@ impl Console {
         let user_path = user.path.clone();
         let thread = std::thread::Builder::new()
             .name("console-relay".into())
-            .spawn(move || relay(guest, user, stop_rx))
+            .spawn(move || relay(guest, user, mirror, stop_rx))
             .map_err(|e| {
                 let _ = fs::remove_file(link);
                 ConsoleError::Thread(e)
@@ -162,7 +163,7 @@ impl Drop for Console {
 
 /// Copy guest → user and user → guest until `stop` closes. Writes that would block are dropped:
 /// a full user side means nobody is reading, and the guest must not stall on that.
-fn relay(guest: Pty, user: Pty, stop: OwnedFd) {
+fn relay(guest: Pty, user: Pty, mirror: Option<OwnedFd>, stop: OwnedFd) {
     let mut buf = [0u8; CHUNK];
     // The slaves stay open for the relay's lifetime (see the module docs).
     let _keep = (&guest.slave, &user.slave);
@@ -187,7 +188,10 @@ fn relay(guest: Pty, user: Pty, stop: OwnedFd) {
         let from_guest = ready(0).contains(PollFlags::POLLIN);
         let from_user = ready(1).contains(PollFlags::POLLIN);
         if from_guest {
-            pump(&guest.master, &user.master, &mut buf);
+            let n = pump(&guest.master, &user.master, &mut buf);
+            if let (Some(mirror), Some(n)) = (&mirror, n) {
+                let _ = write_all(mirror, &buf[..n]);
+            }
         }
         if from_user {
             pump(&user.master, &guest.master, &mut buf);
@@ -200,24 +204,30 @@ fn relay(guest: Pty, user: Pty, stop: OwnedFd) {
     }
 }
 
-fn pump(from: &OwnedFd, to: &OwnedFd, buf: &mut [u8]) {
+/// Move one chunk; returns how many bytes were read (they stay at the start of `buf`).
+fn pump(from: &OwnedFd, to: &OwnedFd, buf: &mut [u8]) -> Option<usize> {
     let n = match read(from, buf) {
         Ok(n) => n,
-        Err(Errno::EAGAIN | Errno::EINTR) => return,
+        Err(Errno::EAGAIN | Errno::EINTR) => return None,
         Err(error) => {
             tracing::debug!(%error, "console relay read failed");
-            return;
+            return None;
         }
     };
-    let mut rest = &buf[..n];
+    // Nobody drains the other side when this fails: drop the rest.
+    let _ = write_all(to, &buf[..n]);
+    Some(n)
+}
+
+fn write_all(to: &OwnedFd, mut rest: &[u8]) -> Result<(), Errno> {
     while !rest.is_empty() {
         match write(to, rest) {
             Ok(written) => rest = &rest[written..],
             Err(Errno::EINTR) => {}
-            // Nobody drains the other side: drop the rest.
-            Err(_) => return,
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -269,7 +279,7 @@ mod tests {
     fn relays_both_ways_through_the_link() {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("vm-console");
-        let console = Console::open(&link).unwrap();
+        let console = Console::open(&link, None).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), console.user_pts());
 
         let mut vmm = open_raw(console.guest_pts());
@@ -290,7 +300,7 @@ mod tests {
     fn guest_output_never_blocks_without_a_reader() {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("vm-console");
-        let console = Console::open(&link).unwrap();
+        let console = Console::open(&link, None).unwrap();
         let mut vmm = fs::OpenOptions::new()
             .write(true)
             .open(console.guest_pts())

@@ -19,6 +19,7 @@
 //! ends the service too (exit 0). Everything created is removed on every exit path, including
 //! errors halfway through preparation.
 
+pub mod cli;
 pub mod console;
 pub mod control;
 pub mod home;
@@ -26,6 +27,7 @@ pub mod notify;
 pub mod overlay;
 pub mod pci;
 pub mod peers;
+pub mod plan;
 pub mod process;
 
 use std::ffi::OsString;
@@ -44,6 +46,11 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::SignalFd;
 
 use crate::qemu::{self, QemuVm};
+
+pub use plan::{PlanError, build as plan};
+
+/// The security-context listener's name inside `<run_dir>/<vm>/`.
+pub const WAYLAND_SOCKET: &str = "wayland-0";
 
 /// Errors of the VM service; each names what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +144,8 @@ pub struct Tools {
     pub shutdown_timeout: Duration,
     /// How long the VMM and helpers get to come up.
     pub start_timeout: Duration,
+    /// Copy guest console output to stdout (`vm-start-debug`).
+    pub mirror_console: bool,
 }
 
 impl Default for Tools {
@@ -153,6 +162,7 @@ impl Default for Tools {
             accel: None,
             shutdown_timeout: Duration::from_secs(30),
             start_timeout: Duration::from_secs(30),
+            mirror_console: false,
         }
     }
 }
@@ -195,28 +205,30 @@ pub struct WaylandPlan {
     pub gid: u32,
 }
 
-/// Builds crosvm's argv (after the program name) from the runtime paths.
-pub type CrosvmArgs = Box<dyn Fn(&Runtime) -> Vec<OsString>>;
-
-/// Which VMM runs the guest, with what it needs beyond the runtime paths.
+/// Which VMM runs the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmmPlan {
-    /// crosvm; the closure builds argv (after `crosvm`) once the runtime paths exist.
-    Crosvm(CrosvmArgs),
-    /// QEMU; the template's runtime fields (console, QMP, overlay disk) are filled in at start.
+    /// crosvm with this argv (after the program name), from [`crate::crosvm::command_line`];
+    /// its `--serial` is pointed at the service's PTY at start.
+    Crosvm(Vec<String>),
+    /// QEMU; `console_pts` is filled in at start.
     Qemu(Box<QemuVm>),
 }
 
-impl std::fmt::Debug for VmmPlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VmmPlan::Crosvm(_) => f.write_str("Crosvm(..)"),
-            VmmPlan::Qemu(vm) => f.debug_tuple("Qemu").field(vm).finish(),
-        }
-    }
+/// vhost-device-vsock for the `vhost-user` vsock transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockBackendPlan {
+    /// Guest CID (the VM id).
+    pub cid: u32,
+    /// vhost-user socket the VMM connects to.
+    pub socket: PathBuf,
+    /// Hybrid vsock socket the host side connects to.
+    pub uds: PathBuf,
 }
 
-/// Everything the service does for one VM, decided up front from the config.
-#[derive(Debug)]
+/// Everything the service does for one VM, decided up front from the config
+/// (see [`plan::ServicePlan::new`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// VM name.
     pub name: String,
@@ -230,47 +242,43 @@ pub struct Plan {
     pub home: Option<HomePlan>,
     /// (`<switch_dir>/<net>`, peer) per vm-switch interface.
     pub peers: Vec<(PathBuf, peers::Peer)>,
-    /// PCI devices as configured (`01:00.0`).
+    /// PCI devices (`dddd:bb:dd.f`).
     pub pci: Vec<String>,
     /// Security context, if the VM has a GPU.
     pub wayland: Option<WaylandPlan>,
-    /// vsock CID when the transport is `vhost-user` (the service runs vhost-device-vsock).
-    pub vhost_user_vsock_cid: Option<u32>,
+    /// vhost-device-vsock, when the vsock transport is `vhost-user`.
+    pub vsock_backend: Option<VsockBackendPlan>,
+    /// The VMM's control socket (crosvm `--socket`, QEMU QMP).
+    pub control_socket: PathBuf,
     /// The VMM.
     pub vmm: VmmPlan,
 }
 
-/// Paths that exist only while the service runs; argv builders refer to them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Runtime {
-    /// `<run_dir>/<vm>/`.
-    pub vm_dir: PathBuf,
-    /// The qcow2 overlay, when there is one.
-    pub overlay: Option<PathBuf>,
-    /// The pts the VMM's serial port opens.
-    pub console_pts: PathBuf,
-    /// crosvm control socket / QEMU QMP socket.
-    pub control_socket: PathBuf,
-    /// The security-context listener (`wayland-0`), when one was opened.
-    pub wayland_socket: Option<PathBuf>,
-    /// vhost-user-vsock socket, when the transport is `vhost-user`.
-    pub vhost_vsock_socket: Option<PathBuf>,
-    /// Hybrid vsock socket for the host side, when the transport is `vhost-user`.
-    pub vsock_uds: Option<PathBuf>,
-}
-
-/// Runtime file names inside `<run_dir>/<vm>/`.
-pub mod names {
-    /// crosvm control socket.
-    pub const CROSVM_SOCKET: &str = "crosvm.sock";
-    /// QEMU QMP socket.
-    pub const QMP_SOCKET: &str = "qmp.sock";
-    /// Security-context listener.
-    pub const WAYLAND_SOCKET: &str = "wayland-0";
-    /// vhost-user socket of vhost-device-vsock.
-    pub const VHOST_VSOCK_SOCKET: &str = "vhost-vsock.sock";
-    /// Hybrid vsock socket the host connects to.
-    pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// Point crosvm's `--serial` at `pts` (the foundation's argv names the console link, which is
+/// the users' end of the console, not the VMM's).
+pub fn crosvm_serial_to(args: &[String], pts: &Path) -> Vec<String> {
+    let serial = format!(
+        "type=file,path={p},input={p},num=1,console=true",
+        p = pts.display()
+    );
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let mut replaced = false;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        out.push(arg.clone());
+        if arg == "--serial" && !replaced {
+            iter.next();
+            out.push(serial.clone());
+            replaced = true;
+        }
+    }
+    if !replaced {
+        // Devices go after `run`; add the serial right after it.
+        if let Some(at) = out.iter().position(|a| a == "run") {
+            out.splice(at + 1..at + 1, ["--serial".to_owned(), serial]);
+        }
+    }
+    out
 }
 
 /// Why the service loop ended.
@@ -513,6 +521,7 @@ fn start_wayland(
 }
 
 /// Prepare, run and tear down one VM. Returns how it ended; errors are after cleanup.
+/// Prepare, run and tear down one VM. Returns how it ended; errors are after cleanup.
 pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
     let signals = Signals::block()?;
     pci::check(&tools.sysfs, &plan.pci)?;
@@ -548,46 +557,34 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
     for (net_dir, peer) in &plan.peers {
         created.peer_files.push(peers::write(net_dir, peer)?);
     }
-    let console = console::Console::open(&plan.console_link)?;
+    let mirror = if tools.mirror_console {
+        std::io::stdout().as_fd().try_clone_to_owned().ok()
+    } else {
+        None
+    };
+    let console = console::Console::open(&plan.console_link, mirror)?;
     let console_pts = console.guest_pts().to_path_buf();
     created.console = Some(console);
 
-    let mut runtime = Runtime {
-        vm_dir: vm_dir.clone(),
-        overlay: created.overlay.as_ref().map(|o| o.path().to_path_buf()),
-        console_pts,
-        control_socket: vm_dir.join(match plan.vmm {
-            VmmPlan::Crosvm(_) => names::CROSVM_SOCKET,
-            VmmPlan::Qemu(_) => names::QMP_SOCKET,
-        }),
-        wayland_socket: None,
-        vhost_vsock_socket: None,
-        vsock_uds: None,
-    };
-
     if let Some(w) = &plan.wayland {
-        let listen = vm_dir.join(names::WAYLAND_SOCKET);
+        let listen = vm_dir.join(WAYLAND_SOCKET);
         created.wayland = start_wayland(w, &plan.name, &listen, tools, &signals)?;
-        if created.wayland.is_some() {
-            runtime.wayland_socket = Some(listen);
-        }
     }
 
-    if let Some(cid) = plan.vhost_user_vsock_cid {
-        let socket = vm_dir.join(names::VHOST_VSOCK_SOCKET);
-        let uds = vm_dir.join(names::VSOCK_SOCKET);
+    if let Some(v) = &plan.vsock_backend {
         let mut cmd = Command::new(&tools.vhost_device_vsock);
         cmd.arg("--guest-cid")
-            .arg(cid.to_string())
+            .arg(v.cid.to_string())
             .arg("--socket")
-            .arg(&socket)
+            .arg(&v.socket)
             .arg("--uds-path")
-            .arg(&uds)
+            .arg(&v.uds)
             .stdin(Stdio::null());
         let child = created
             .vsock_backend
             .insert(spawn("vhost-device-vsock", &mut cmd)?);
         // QEMU cannot wait for a vhost-user-vsock backend: the socket must exist first.
+        let socket = v.socket.clone();
         wait_ready(
             "vhost-device-vsock",
             child,
@@ -595,27 +592,19 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
             tools.start_timeout,
             || socket.exists(),
         )?;
-        runtime.vhost_vsock_socket = Some(socket);
-        runtime.vsock_uds = Some(uds);
     }
 
-    let (program, argv) = match &plan.vmm {
-        VmmPlan::Crosvm(build) => (tools.crosvm.clone(), build(&runtime)),
+    let (program, argv): (PathBuf, Vec<OsString>) = match &plan.vmm {
+        VmmPlan::Crosvm(args) => (
+            tools.crosvm.clone(),
+            crosvm_serial_to(args, &console_pts)
+                .into_iter()
+                .map(OsString::from)
+                .collect(),
+        ),
         VmmPlan::Qemu(template) => {
             let mut vm = (**template).clone();
-            vm.console_pts = runtime.console_pts.clone();
-            vm.qmp_socket = runtime.control_socket.clone();
-            if let Some(overlay) = &runtime.overlay {
-                // The overlay follows the root disk, as under crosvm.
-                let at = usize::from(!vm.disks.is_empty());
-                vm.disks
-                    .insert(at, qemu::Disk::new(overlay, qemu::DiskFormat::Qcow2));
-            }
-            if let Some(socket) = &runtime.vhost_vsock_socket {
-                vm.vsock = qemu::Vsock::VhostUser {
-                    socket: socket.clone(),
-                };
-            }
+            vm.console_pts = console_pts.clone();
             (tools.qemu.clone(), qemu::command_line(&vm))
         }
     };
@@ -623,7 +612,7 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
     let mut cmd = Command::new(&program);
     cmd.args(&argv).stdin(Stdio::null());
     let mut vmm = spawn("the VMM", &mut cmd)?;
-    let control = runtime.control_socket.clone();
+    let control = plan.control_socket.clone();
     if let Err(e) = wait_ready("the VMM", &mut vmm, &signals, tools.start_timeout, || {
         socket_answers(&control)
     }) {
@@ -635,7 +624,7 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
     }
     tracing::info!(vm = %plan.name, "VM is up");
 
-    let outcome = supervise(&plan, tools, &runtime, &mut vmm, &mut created, &signals);
+    let outcome = supervise(&plan, tools, &mut vmm, &mut created, &signals);
     let _ = notify::notify("STOPPING=1");
     drop(created);
     outcome
@@ -645,7 +634,6 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
 fn supervise(
     plan: &Plan,
     tools: &Tools,
-    runtime: &Runtime,
     vmm: &mut Child,
     created: &mut Created,
     signals: &Signals,
@@ -669,7 +657,7 @@ fn supervise(
             // so stop it and let the next activation start it afresh.
             tracing::error!(vm = %plan.name, %status, "vhost-device-vsock died; stopping the VM");
             created.vsock_backend = None;
-            shutdown(plan, tools, runtime, vmm, signals)?;
+            shutdown(plan, tools, vmm, signals)?;
             return Err(ServiceError::HelperDied {
                 what: "vhost-device-vsock",
                 status,
@@ -685,7 +673,7 @@ fn supervise(
             created.wayland = None;
         }
         if stop {
-            return shutdown(plan, tools, runtime, vmm, signals);
+            return shutdown(plan, tools, vmm, signals);
         }
     }
 }
@@ -694,12 +682,11 @@ fn supervise(
 fn shutdown(
     plan: &Plan,
     tools: &Tools,
-    runtime: &Runtime,
     vmm: &mut Child,
     signals: &Signals,
 ) -> Result<Outcome, ServiceError> {
     tracing::info!(vm = %plan.name, "powering the guest off");
-    let sock = &runtime.control_socket;
+    let sock = &plan.control_socket;
     let asked = match plan.vmm {
         VmmPlan::Crosvm(_) => control::crosvm(&tools.crosvm, "powerbtn", sock),
         VmmPlan::Qemu(_) => control::qmp(sock, "system_powerdown"),

@@ -1,0 +1,143 @@
+//! Arguments of the `vmsilo` command. The doc comments are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Qubes-style VMs on NixOS and KDE Plasma: inspect the configuration and run vmsilo's services.
+#[derive(Debug, Parser)]
+#[command(name = "vmsilo", version, propagate_version = true)]
+pub struct Cli {
+    /// Log verbosity: error, warn, info, debug or trace (or a RUST_LOG-style filter).
+    #[arg(long, global = true, env = "VMSILO_LOG", default_value = "warn")]
+    pub log_level: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `vmsilo` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a configuration document; list every problem with its JSON path.
+    ///
+    /// Exits 0 when the document is valid and 1 otherwise.
+    Check(ConfigArg),
+    /// Show what vmsilo sets up for each VM: crosvm command, kernel command line, network,
+    /// runtime paths and systemd units.
+    Plan(PlanArgs),
+    /// Run and manage VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+/// `vmsilo vm` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Prepare and run one VM until it powers off or the service is stopped (SIGTERM powers
+    /// the guest off, then removes everything the run created). This is what
+    /// vmsilo-<vm>-vm.service runs.
+    Run(VmRunArgs),
+}
+
+/// Arguments of `vmsilo vm run`.
+#[derive(Debug, Args)]
+pub struct VmRunArgs {
+    /// The VM to run.
+    pub vm: String,
+
+    /// Debugging run from a terminal: log at info level unless told otherwise and copy the
+    /// guest's serial console output to stdout.
+    #[arg(long)]
+    pub foreground: bool,
+
+    /// The configuration document; default <root>/etc/vmsilo/config.json.
+    #[arg(long, env = "VMSILO_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Put every runtime path (run, state, switch, shared dirs) below this directory instead of
+    /// /, to run without root or in tests.
+    #[arg(long, env = "VMSILO_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// crosvm binary.
+    #[arg(long, env = "VMSILO_CROSVM", default_value = "crosvm")]
+    pub crosvm: PathBuf,
+
+    /// QEMU binary, for VMs with vmm = "qemu".
+    #[arg(long, env = "VMSILO_QEMU", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+
+    /// qemu-img binary, to create the root overlay.
+    #[arg(long, env = "VMSILO_QEMU_IMG", default_value = "qemu-img")]
+    pub qemu_img: PathBuf,
+
+    /// vhost-device-vsock binary, for vsock.transport = "vhost-user".
+    #[arg(
+        long,
+        env = "VMSILO_VHOST_DEVICE_VSOCK",
+        default_value = "vhost-device-vsock"
+    )]
+    pub vhost_device_vsock: PathBuf,
+
+    /// The Wayland security-context helper.
+    #[arg(
+        long,
+        env = "VMSILO_WAYLAND_CONTEXT",
+        default_value = "vmsilo-wayland-context"
+    )]
+    pub wayland_context: PathBuf,
+
+    /// The user's XDG_RUNTIME_DIR; default /run/user/<userUid>.
+    #[arg(long, env = "VMSILO_USER_RUNTIME_DIR", value_name = "DIR")]
+    pub user_runtime_dir: Option<PathBuf>,
+
+    /// The compositor's Wayland display (name in the runtime dir, or a path); default wayland-0.
+    #[arg(long, env = "VMSILO_WAYLAND_DISPLAY", value_name = "NAME")]
+    pub wayland_display: Option<String>,
+
+    /// Where sysfs is mounted, for the PCI passthrough checks.
+    #[arg(long, env = "VMSILO_SYSFS", default_value = "/sys")]
+    pub sysfs: PathBuf,
+
+    /// QEMU accelerator; default kvm when /dev/kvm is usable hardware KVM, else tcg.
+    #[arg(long, env = "VMSILO_ACCEL", value_parser = ["kvm", "tcg"])]
+    pub accel: Option<String>,
+
+    /// Seconds the guest gets to power off after the power button before the VMM is stopped.
+    #[arg(long, env = "VMSILO_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
+    /// Seconds the VMM and helpers get to come up.
+    #[arg(long, env = "VMSILO_START_TIMEOUT", default_value_t = 60)]
+    pub start_timeout: u64,
+}
+
+/// Which configuration document to read.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The document; default /etc/vmsilo/config.json if it exists, else the bundled
+    /// quick-start example.
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `vmsilo plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Which configuration document to read.
+    #[command(flatten)]
+    pub config: ConfigArg,
+
+    /// Only this VM (and the vm-switch networks it is on).
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Compute paths below this directory instead of /, to try things without root.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
