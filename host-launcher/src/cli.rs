@@ -38,7 +38,7 @@ pub enum VmCommand {
     /// Prepare and run one VM until it powers off or the service is stopped (SIGTERM powers
     /// the guest off, then removes everything the run created). This is what
     /// vmsilo-<vm>-vm.service runs.
-    Run(VmRunArgs),
+    Run(Box<VmRunArgs>),
 }
 
 /// Arguments of `vmsilo vm run`.

@@ -250,6 +250,9 @@ pub struct Plan {
     pub vsock_backend: Option<VsockBackendPlan>,
     /// The VMM's control socket (crosvm `--socket`, QEMU QMP).
     pub control_socket: PathBuf,
+    /// The configured user's primary group: it may create sockets in the runtime dir (the
+    /// security-context helper runs as the user and listens on `<run_dir>/<vm>/wayland-0`).
+    pub user_gid: u32,
     /// The VMM.
     pub vmm: VmmPlan,
 }
@@ -535,11 +538,17 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
             source,
         })?;
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&vm_dir)
-        .and_then(|()| fs::set_permissions(&vm_dir, fs::Permissions::from_mode(0o755)))
+    // Parents as usual (0755); the VM's own dir is root:<user group> 0770.
+    vm_dir
+        .parent()
+        .map_or(Ok(()), fs::create_dir_all)
+        .and_then(|()| fs::DirBuilder::new().mode(0o770).create(&vm_dir))
+        .and_then(|()| {
+            if nix::unistd::geteuid().is_root() {
+                std::os::unix::fs::chown(&vm_dir, None, Some(plan.user_gid))?;
+            }
+            fs::set_permissions(&vm_dir, fs::Permissions::from_mode(0o770))
+        })
         .map_err(|source| ServiceError::RuntimeDir {
             path: vm_dir.clone(),
             source,
