@@ -7,9 +7,9 @@
 //! QMP `system_powerdown` does. For that it loads `button.ko` and `evdev.ko` from the same kernel
 //! tree as the initramfs.
 //!
-//! Environment: `VMTEST_KROOT` (default `/`) is the kernel tree, as for `build-initramfs.sh
-//! --kroot`; `VMSILO_E2E_CACHE` (default `$CARGO_TARGET_TMPDIR`-like `target/vmsilo-e2e`) holds
-//! the built initramfs between runs.
+//! Environment: `VMSILO_KROOT` (default `/`) is the kernel tree, as for `build-initramfs.sh
+//! --kroot`; `VMTEST_DIR` (default `/tmp/vmtest`) holds vmtest's initramfs, built if missing;
+//! the service-test initrd goes to `target/vmsilo-e2e/`.
 
 use std::fs;
 use std::io::Write;
@@ -44,7 +44,9 @@ for ev in /dev/input/event*; do
     [ "$(cat /sys/class/input/${ev##*/}/device/name 2>/dev/null)" = "Power Button" ] || continue
     ( dd if="$ev" bs=24 count=1 >/dev/null 2>&1; echo "VMSILO_POWER_BUTTON"; sync; poweroff -f ) &
 done
-echo "VMSILO_GUEST_UP nics=$(ls /sys/class/net | tr '\n' ' ')"
+macs=""
+for n in /sys/class/net/*; do [ "${n##*/}" = lo ] || macs="$macs ${n##*/}=$(cat $n/address)"; done
+echo "VMSILO_GUEST_UP nics=${macs# }"
 while IFS= read -r line; do
     line=$(printf '%s' "$line" | tr -d '\r')
     [ -n "$line" ] && echo "GUEST_ECHO $line"
@@ -63,33 +65,41 @@ fn run(cmd: &mut Command) {
 pub fn test_guest() -> TestGuest {
     require_tool("busybox");
     require_tool("qemu-system-x86_64");
-    let cache = std::env::var_os("VMSILO_E2E_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target/vmsilo-e2e"));
+    let cache = crate::repo_root().join("target/vmsilo-e2e");
     fs::create_dir_all(&cache).expect("create e2e cache dir");
-    let kroot = std::env::var_os("VMTEST_KROOT")
+    let kroot = std::env::var_os("VMSILO_KROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/"));
-    let base = cache.join("initramfs.cpio.gz");
+    let vmtest_dir = std::env::var_os("VMTEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/vmtest"));
+    fs::create_dir_all(&vmtest_dir).expect("create VMTEST_DIR");
+    let base = vmtest_dir.join("initramfs.cpio.gz");
     if !base.exists() {
         let script = shared_dir().join("vmtest/build-initramfs.sh");
-        assert!(script.exists(), "{} missing (set VMSILO_SHARED)", script.display());
+        assert!(
+            script.exists(),
+            "{} missing (set VMSILO_SHARED)",
+            script.display()
+        );
         run(Command::new(&script)
             .arg("-o")
             .arg(&base)
             .arg("--kroot")
-            .arg(&kroot)
-            .arg("--no-iperf"));
+            .arg(&kroot));
     }
     let kernel = PathBuf::from(
-        fs::read_to_string(cache.join("initramfs.cpio.gz.kernel"))
+        fs::read_to_string(vmtest_dir.join("initramfs.cpio.gz.kernel"))
             .expect("build-initramfs.sh wrote no .kernel file")
             .trim(),
     );
     let kver = kernel
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinux-").or_else(|| n.strip_prefix("vmlinuz-")))
+        .and_then(|n| {
+            n.strip_prefix("vmlinux-")
+                .or_else(|| n.strip_prefix("vmlinuz-"))
+        })
         .expect("kernel named vmlinux-KVER")
         .to_owned();
     let moddir = kroot.join("lib/modules").join(&kver).join("kernel/drivers");
@@ -103,8 +113,8 @@ pub fn test_guest() -> TestGuest {
     ] {
         fs::copy(&src, extra.join("lib/vmsilo-test").join(module)).unwrap_or_else(|e| {
             panic!(
-                "{} missing ({e}); install linux-image-amd64 or set VMTEST_KROOT to an unpacked \
-                 kernel package",
+                "{} missing ({e}); install linux-image-amd64 or set VMSILO_KROOT to the unpacked \
+                 kernel package the vmtest initramfs was built from (tests/setup.sh does)",
                 src.display()
             )
         });
@@ -133,4 +143,82 @@ pub fn test_guest() -> TestGuest {
 /// Whether a path is a live unix socket someone listens on.
 pub fn socket_listening(path: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// The `vmsilo` binary: `$VMSILO_BIN`, else the workspace's `target/debug/vmsilo` (built by the
+/// workspace test tier, or `cargo build -p vmsilo`).
+pub fn vmsilo_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("VMSILO_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("target"));
+    let bin = target.join("debug/vmsilo");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build -p vmsilo` first (or set VMSILO_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A vhost-user-net peer standing in for vm-switch: dpdk-testpmd listening on `socket`,
+/// interactive and idle (no forwarding started), so it serves the vhost-user protocol without
+/// busy-polling a CPU. Dropped → killed.
+pub struct TestSwitch {
+    child: std::process::Child,
+    _stdin: std::process::ChildStdin,
+}
+
+impl TestSwitch {
+    /// Start it and wait until the socket exists.
+    pub fn start(socket: &Path, log: &Path) -> Self {
+        let testpmd = require_tool("dpdk-testpmd");
+        let prefix = format!("vmsilo-e2e-{}", std::process::id());
+        let mut child = Command::new(testpmd)
+            .args([
+                "-l",
+                "0,1",
+                "--no-huge",
+                "-m",
+                "512",
+                "--no-pci",
+                "--no-shconf",
+            ])
+            .arg("--file-prefix")
+            .arg(&prefix)
+            .arg("--vdev")
+            .arg(format!("net_vhost0,iface={}", socket.display()))
+            .args(["--", "-i", "--nb-cores=1", "--total-num-mbufs", "8192"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(fs::File::create(log).expect("testpmd log"))
+            .stderr(fs::File::create(log.with_extension("err")).expect("testpmd log"))
+            .spawn()
+            .expect("start dpdk-testpmd (apt-get install dpdk-dev)");
+        let stdin = child.stdin.take().expect("testpmd stdin");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("dpdk-testpmd exited with {status}; see {}", log.display());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dpdk-testpmd never created {}",
+                socket.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Self {
+            child,
+            _stdin: stdin,
+        }
+    }
+}
+
+impl Drop for TestSwitch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

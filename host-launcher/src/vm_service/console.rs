@@ -183,6 +183,15 @@ fn relay(guest: Pty, user: Pty, mirror: Option<OwnedFd>, stop: OwnedFd) {
         }
         let ready = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
         if !ready(2).is_empty() {
+            // Last words of a guest that just powered off are still in the master: pass them on.
+            while let Some(n) = pump(&guest.master, &user.master, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Some(mirror) = &mirror {
+                    let _ = write_all(mirror, &buf[..n]);
+                }
+            }
             return;
         }
         let from_guest = ready(0).contains(PollFlags::POLLIN);
