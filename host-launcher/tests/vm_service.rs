@@ -80,7 +80,19 @@ impl Env {
 
     fn command(&self, vm: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmsilo"));
-        cmd.args(["--log-level", "debug", "vm", "run", vm, "--root"])
+        cmd.args(["--log-level", "debug", "vm", "run", vm]);
+        self.options(cmd)
+    }
+
+    /// `vm-start-debug <vm>` with the same options.
+    fn debug_command(&self, vm: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm-start-debug"));
+        cmd.arg(vm);
+        self.options(cmd)
+    }
+
+    fn options(&self, mut cmd: Command) -> Command {
+        cmd.arg("--root")
             .arg(self.root())
             .arg("--crosvm")
             .arg(support("fake-crosvm"))
@@ -498,4 +510,66 @@ fn unknown_vm_is_rejected() {
         err.contains("no VM is named \"nope\"; VMs: banking"),
         "{err}"
     );
+}
+
+#[test]
+fn vm_start_debug_mirrors_the_console_and_stops_on_ctrl_c() {
+    let env = Env::new(
+        r#"{ "id": 11, "name": "dbg", "gpu": false, "sharedHome": false, "rootOverlay": { "type": "tmpfs" } }"#,
+    );
+    let mut child = env.debug_command("dbg").spawn().unwrap();
+    env.wait_ready(&mut child);
+    std::thread::sleep(Duration::from_millis(500));
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let status = wait_exit(&mut child, 20);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let err = stderr(&mut child);
+    assert!(status.success(), "{status}\n{err}");
+    assert!(
+        out.contains("FAKE_CONSOLE_UP"),
+        "console mirrored to stdout: {out:?}"
+    );
+    assert!(err.contains("VM is up"), "info logging: {err}");
+    assert!(
+        err.contains("dbg-console"),
+        "tells where the console is: {err}"
+    );
+    assert!(!env.run_dir().join("dbg").exists());
+}
+
+#[test]
+fn stop_during_start_is_a_clean_exit() {
+    let env = Env::new(SWITCHED_VM);
+    let mut cmd = env.command("banking");
+    cmd.env("FAKE_CROSVM_START_DELAY", "30");
+    let mut child = cmd.spawn().unwrap();
+    // Wait until the VMM has been started, then stop before it is up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.events("crosvm.log").is_empty() {
+        assert!(Instant::now() < deadline, "VMM never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, 20);
+    let err = stderr(&mut child);
+    assert!(status.success(), "{status}\n{err}");
+    assert!(err.contains("StoppedWhileStarting"), "{err}");
+    for gone in [
+        env.run_dir().join("banking"),
+        env.run_dir().join("banking-console"),
+        env.root().join("run/vm-switch/internal/banking.json"),
+        env.root().join("var/lib/vmsilo/banking/overlay.qcow2"),
+    ] {
+        assert!(
+            fs::symlink_metadata(&gone).is_err(),
+            "{} left behind",
+            gone.display()
+        );
+    }
 }

@@ -64,6 +64,9 @@ pub fn run(args: &VmRunArgs) -> Result<ExitCode> {
         eprintln!("vmsilo: {} stopped ({outcome:?})", args.vm);
     }
     Ok(match outcome {
-        Outcome::GuestExited | Outcome::PoweredOff | Outcome::Forced => ExitCode::SUCCESS,
+        Outcome::GuestExited
+        | Outcome::PoweredOff
+        | Outcome::Forced
+        | Outcome::StoppedWhileStarting => ExitCode::SUCCESS,
     })
 }

@@ -115,6 +115,10 @@ pub enum ServiceError {
     /// Waiting for children failed.
     #[error("cannot wait for child processes")]
     Wait(#[source] io::Error),
+    /// A stop signal arrived while starting; [`run`] turns this into
+    /// [`Outcome::StoppedWhileStarting`].
+    #[error("stop requested while starting")]
+    StopRequested,
 }
 
 /// Where the service finds its programs and host interfaces. Defaults are the production paths;
@@ -293,6 +297,8 @@ pub enum Outcome {
     PoweredOff,
     /// We were asked to stop and had to force the VMM down.
     Forced,
+    /// We were asked to stop before the VM was up; it was not started or was killed.
+    StoppedWhileStarting,
 }
 
 /// Everything created so far; dropping it removes all of it, in reverse order.
@@ -422,10 +428,7 @@ fn wait_ready(
             });
         }
         if signals.wait(Duration::from_millis(50))? {
-            return Err(ServiceError::NotReady {
-                what,
-                detail: "stop requested while starting".into(),
-            });
+            return Err(ServiceError::StopRequested);
         }
     }
 }
@@ -513,11 +516,15 @@ fn start_wayland(
                 detail: format!("exited with {status}"),
             });
         }
-        if Instant::now() >= deadline || signals.wait(Duration::from_millis(50))? {
+        if signals.wait(Duration::from_millis(50))? {
+            process::terminate(&mut child, Duration::from_secs(2));
+            return Err(ServiceError::StopRequested);
+        }
+        if Instant::now() >= deadline {
             process::terminate(&mut child, Duration::from_secs(2));
             return Err(ServiceError::NotReady {
                 what: "the Wayland security context",
-                detail: "no READY line".into(),
+                detail: format!("no READY line within {}s", tools.start_timeout.as_secs()),
             });
         }
     }
@@ -527,6 +534,13 @@ fn start_wayland(
 /// Prepare, run and tear down one VM. Returns how it ended; errors are after cleanup.
 pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
     let signals = Signals::block()?;
+    match run_with(plan, tools, &signals) {
+        Err(ServiceError::StopRequested) => Ok(Outcome::StoppedWhileStarting),
+        other => other,
+    }
+}
+
+fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, ServiceError> {
     pci::check(&tools.sysfs, &plan.pci)?;
 
     let mut created = Created::default();
@@ -577,7 +591,7 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
 
     if let Some(w) = &plan.wayland {
         let listen = vm_dir.join(WAYLAND_SOCKET);
-        created.wayland = start_wayland(w, &plan.name, &listen, tools, &signals)?;
+        created.wayland = start_wayland(w, &plan.name, &listen, tools, signals)?;
     }
 
     if let Some(v) = &plan.vsock_backend {
@@ -597,7 +611,7 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
         wait_ready(
             "vhost-device-vsock",
             child,
-            &signals,
+            signals,
             tools.start_timeout,
             || socket.exists(),
         )?;
@@ -622,7 +636,7 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
     cmd.args(&argv).stdin(Stdio::null());
     let mut vmm = spawn("the VMM", &mut cmd)?;
     let control = plan.control_socket.clone();
-    if let Err(e) = wait_ready("the VMM", &mut vmm, &signals, tools.start_timeout, || {
+    if let Err(e) = wait_ready("the VMM", &mut vmm, signals, tools.start_timeout, || {
         socket_answers(&control)
     }) {
         process::terminate(&mut vmm, Duration::from_secs(5));
@@ -633,7 +647,7 @@ pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
     }
     tracing::info!(vm = %plan.name, "VM is up");
 
-    let outcome = supervise(&plan, tools, &mut vmm, &mut created, &signals);
+    let outcome = supervise(&plan, tools, &mut vmm, &mut created, signals);
     let _ = notify::notify("STOPPING=1");
     drop(created);
     outcome
