@@ -39,10 +39,14 @@ insmod /lib/vmsilo-test/evdev.ko || echo "VMSILO_WARN evdev"
 insmod /lib/vmsilo-test/button.ko || echo "VMSILO_WARN button"
 stty raw -echo 2>/dev/null
 sleep 0.2
+# Open each power-button device here, before announcing readiness, so no press can be missed;
+# the UART drains asynchronously, so give the last line a moment before powering off.
 for ev in /dev/input/event*; do
     [ -e "$ev" ] || continue
     [ "$(cat /sys/class/input/${ev##*/}/device/name 2>/dev/null)" = "Power Button" ] || continue
-    ( dd if="$ev" bs=24 count=1 >/dev/null 2>&1; echo "VMSILO_POWER_BUTTON"; sync; poweroff -f ) &
+    exec 3<"$ev"
+    ( dd bs=24 count=1 <&3 >/dev/null 2>&1; echo "VMSILO_POWER_BUTTON"; sync; sleep 1; poweroff -f ) &
+    exec 3<&-
 done
 macs=""
 for n in /sys/class/net/*; do [ "${n##*/}" = lo ] || macs="$macs ${n##*/}=$(cat $n/address)"; done
@@ -145,12 +149,16 @@ pub fn socket_listening(path: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
-/// The `vmsilo` binary: `$VMSILO_BIN`, else the workspace's `target/debug/vmsilo` (built by the
-/// workspace test tier, or `cargo build -p vmsilo`).
+/// The `vmsilo` binary: `$VMSILO_BIN`, else the workspace's `target/debug/vmsilo`, brought up to
+/// date with `cargo build` first (an end-to-end test must not run a stale binary).
 pub fn vmsilo_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("VMSILO_BIN") {
         return PathBuf::from(bin);
     }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .args(["build", "-q", "-p", "vmsilo", "--bin", "vmsilo"])
+        .current_dir(crate::repo_root()));
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::repo_root().join("target"));
