@@ -461,6 +461,22 @@ mod tests {
     }
 
     #[test]
+    fn accel_detection_refuses_kvm_pvm_and_missing_kvm() {
+        let dir = tempfile::tempdir().unwrap();
+        let kvm = dir.path().join("kvm");
+        std::fs::write(&kvm, b"").unwrap();
+        let modules = dir.path().join("module");
+        std::fs::create_dir_all(modules.join("kvm_intel")).unwrap();
+        assert_eq!(Accel::detect(&kvm, &modules), Accel::Kvm);
+        std::fs::create_dir_all(modules.join("kvm_pvm")).unwrap();
+        assert_eq!(Accel::detect(&kvm, &modules), Accel::Tcg);
+        assert_eq!(
+            Accel::detect(&dir.path().join("none"), dir.path()),
+            Accel::Tcg
+        );
+    }
+
+    #[test]
     fn sniffs_qcow2() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("q");

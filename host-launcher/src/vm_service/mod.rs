@@ -748,3 +748,52 @@ fn shutdown(
     }
     Ok(Outcome::Forced)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn crosvm_serial_is_pointed_at_the_vmm_pty() {
+        let args = strings(&[
+            "--log-level",
+            "info",
+            "run",
+            "--serial",
+            "type=file,path=/run/vmsilo/a-console,input=/run/vmsilo/a-console,num=1,console=true",
+            "--socket",
+            "/run/vmsilo/a/crosvm.sock",
+            "/kernel",
+        ]);
+        let out = crosvm_serial_to(&args, Path::new("/dev/pts/9"));
+        assert_eq!(
+            out,
+            strings(&[
+                "--log-level",
+                "info",
+                "run",
+                "--serial",
+                "type=file,path=/dev/pts/9,input=/dev/pts/9,num=1,console=true",
+                "--socket",
+                "/run/vmsilo/a/crosvm.sock",
+                "/kernel",
+            ])
+        );
+        // No --serial in the argv: one is added after `run`.
+        let out = crosvm_serial_to(&strings(&["run", "/kernel"]), Path::new("/dev/pts/9"));
+        assert_eq!(
+            out,
+            strings(&[
+                "run",
+                "--serial",
+                "type=file,path=/dev/pts/9,input=/dev/pts/9,num=1,console=true",
+                "/kernel",
+            ])
+        );
+    }
+}
