@@ -8,6 +8,8 @@
 //! | [`crosvm`] | the crosvm command line of a VM |
 //! | [`plan`] | everything vmsilo would set up for each VM, as text or JSON |
 //! | [`cli`] | the `vmsilo` command's arguments |
+//! | [`desktop`] | host desktop entries, icons and menu folders generated from guest packages |
+//! | [`tray`] | the `vmsilo-tray` StatusNotifierItem: VM states, start/stop, app menus |
 //! | [`commands`] | what each `vmsilo` subcommand does |
 //! | [`vm_service`] | `vmsilo vm run`: prepare, run and tear down one VM |
 //! | [`qemu`] | the QEMU command line (second VMM backend) |
@@ -17,9 +19,11 @@ pub mod commands;
 pub mod config;
 pub mod crosvm;
 pub mod derive;
+pub mod desktop;
 pub mod paths;
 pub mod plan;
 pub mod qemu;
+pub mod tray;
 pub mod vm_service;
 
 /// An error and its causes on one line, `outer: inner: root`, for the top-level report.
