@@ -149,26 +149,43 @@ pub fn socket_listening(path: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
-/// The `vmsilo` binary: `$VMSILO_BIN`, else the workspace's `target/debug/vmsilo`, brought up to
-/// date with `cargo build` first (an end-to-end test must not run a stale binary).
+/// The `vmsilo` binary: `$VMSILO_BIN`, else [`workspace_bin`].
 pub fn vmsilo_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("VMSILO_BIN") {
-        return PathBuf::from(bin);
+    match std::env::var_os("VMSILO_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => workspace_bin("vmsilo", "vmsilo"),
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo)
-        .args(["build", "-q", "-p", "vmsilo", "--bin", "vmsilo"])
-        .current_dir(crate::repo_root()));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target"));
-    let bin = target.join("debug/vmsilo");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build -p vmsilo` first (or set VMSILO_BIN)",
-        bin.display()
-    );
-    bin
+}
+
+/// Build (if stale) and locate binary `bin` of workspace package `package`, next to the running
+/// test binary (`<target>/<profile>/deps/<test>`): a test must never run an outdated binary, and
+/// `CARGO_BIN_EXE_*` only covers the test's own package.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in <target>/<profile>/deps")
+        .to_owned();
+    let target = profile_dir.parent().expect("target dir").to_owned();
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(crate::repo_root());
+    if let Some(profile) = profile_dir.file_name().and_then(|n| n.to_str())
+        && profile != "debug"
+    {
+        cmd.args(["--profile", profile]);
+    }
+    run(&mut cmd);
+    let path = profile_dir.join(bin);
+    assert!(path.is_file(), "{} missing after build", path.display());
+    path
+}
+
+/// The recorder that stands in for crosvm in service tests (`host-launcher/tests/support`).
+pub fn fake_crosvm() -> PathBuf {
+    crate::repo_root().join("host-launcher/tests/support/fake-crosvm")
 }
 
 /// A vhost-user-net peer standing in for vm-switch: dpdk-testpmd listening on `socket`,
