@@ -248,8 +248,13 @@ fn full_lifecycle_under_crosvm_and_clean_stop_on_sigterm() {
                 .unwrap(),
         )
     }));
-    // Clean signal mask, own process group.
+    // Clean signal mask, own process group, no inherited descriptors (PTYs, signalfd, pipes).
     assert_eq!(start["sigblk"], "0000000000000000");
+    assert_eq!(
+        start["fds"],
+        serde_json::json!([]),
+        "fds leaked into the VMM"
+    );
     assert_eq!(start["pgid"], start["pid"]);
 
     // The console works both ways through the link.

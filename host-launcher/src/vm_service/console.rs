@@ -18,7 +18,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::pty::openpty;
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-use nix::unistd::{pipe, read, ttyname, write};
+use nix::unistd::{pipe2, read, ttyname, write};
 
 /// Bytes moved per read; the relay never buffers more than this.
 const CHUNK: usize = 4096;
@@ -68,12 +68,21 @@ impl Pty {
         tcsetattr(&pair.slave, SetArg::TCSANOW, &attrs).map_err(ConsoleError::RawMode)?;
         let path = ttyname(&pair.slave).map_err(ConsoleError::PtsName)?;
         set_nonblocking(&pair.master)?;
+        // Children (the VMM above all) must not inherit either end: the VMM opens its slave by
+        // path, and the users' side is none of its business.
+        set_cloexec(&pair.master)?;
+        set_cloexec(&pair.slave)?;
         Ok(Self {
             master: pair.master,
             slave: pair.slave,
             path,
         })
     }
+}
+
+fn set_cloexec(fd: &OwnedFd) -> Result<(), ConsoleError> {
+    fcntl(fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map_err(ConsoleError::Relay)?;
+    Ok(())
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), ConsoleError> {
@@ -109,7 +118,7 @@ impl Console {
             path: link.to_path_buf(),
             source,
         })?;
-        let (stop_rx, stop_tx) = pipe().map_err(ConsoleError::Relay)?;
+        let (stop_rx, stop_tx) = pipe2(OFlag::O_CLOEXEC).map_err(ConsoleError::Relay)?;
         let guest_path = guest.path.clone();
         let user_path = user.path.clone();
         let thread = std::thread::Builder::new()

@@ -359,8 +359,11 @@ impl Signals {
         let mut old_mask = SigSet::empty();
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask))
             .map_err(ServiceError::Signals)?;
-        let fd = SignalFd::with_flags(&mask, nix::sys::signalfd::SfdFlags::SFD_NONBLOCK)
-            .map_err(ServiceError::Signals)?;
+        let fd = SignalFd::with_flags(
+            &mask,
+            nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(ServiceError::Signals)?;
         Ok(Self { fd, old_mask })
     }
 
