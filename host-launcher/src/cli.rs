@@ -40,7 +40,7 @@ pub enum Command {
 pub enum VmCommand {
     /// Prepare and run one VM until it powers off or the service is stopped (SIGTERM powers
     /// the guest off, then removes everything the run created). This is what
-    /// vmsilo-<vm>-vm.service runs.
+    /// vmsilo-VM-vm.service runs.
     Run(Box<VmRunArgs>),
 }
 
@@ -50,12 +50,12 @@ pub struct VmRunArgs {
     /// The VM to run.
     pub vm: String,
 
-    /// Debugging run from a terminal: log at info level unless told otherwise and copy the
-    /// guest's serial console output to stdout.
+    /// Debugging run from a terminal: copy the guest's serial console output to stdout and say
+    /// where the console is (vm-start-debug adds this and info-level logs).
     #[arg(long)]
     pub foreground: bool,
 
-    /// The configuration document; default <root>/etc/vmsilo/config.json.
+    /// The configuration document; default ROOT/etc/vmsilo/config.json (--root), else /etc/vmsilo/config.json.
     #[arg(long, env = "VMSILO_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -92,7 +92,7 @@ pub struct VmRunArgs {
     )]
     pub wayland_context: PathBuf,
 
-    /// The user's XDG_RUNTIME_DIR; default /run/user/<userUid>.
+    /// The user's XDG_RUNTIME_DIR; default /run/user/UID (userUid).
     #[arg(long, env = "VMSILO_USER_RUNTIME_DIR", value_name = "DIR")]
     pub user_runtime_dir: Option<PathBuf>,
 

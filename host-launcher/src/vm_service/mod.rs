@@ -18,6 +18,22 @@
 //! `system_powerdown`, then `quit`. A second SIGTERM skips the wait. The guest powering itself off
 //! ends the service too (exit 0). Everything created is removed on every exit path, including
 //! errors halfway through preparation.
+//!
+//! ## What the unit must say
+//!
+//! `vmsilo-<vm>-vm.service` runs `vmsilo vm run <vm>` as root with `Type=notify` (readiness is
+//! sent by the main process, so the default `NotifyAccess=main` is right) and
+//! `KillMode=mixed`: systemd's SIGTERM must reach only this process, which then presses the
+//! guest's power button; with the default `control-group` the VMM would be killed at the same
+//! moment. `TimeoutStopSec` must exceed `--shutdown-timeout` (default 30 s) plus about 15 s for
+//! the forced stop. Children get no inherited descriptors, a clean signal mask, their own process
+//! group and a parent-death signal ([`process`]).
+//!
+//! ## Exit status
+//!
+//! 0 when the guest powered off (by itself or on request), also when the stop came before the VM
+//! was up; 1 with the whole error chain on stderr otherwise (bad config, PCI check, helper or VMM
+//! failure, a VMM exiting non-zero, vhost-device-vsock dying under a running VM).
 
 pub mod cli;
 pub mod console;
@@ -231,7 +247,7 @@ pub struct VsockBackendPlan {
 }
 
 /// Everything the service does for one VM, decided up front from the config
-/// (see [`plan::ServicePlan::new`]).
+/// (see [`plan::build`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// VM name.
@@ -492,7 +508,10 @@ fn start_wayland(
         while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
             let trimmed = line.trim_end();
             if trimmed.starts_with("READY ") {
-                let _ = tx.send(trimmed.to_owned());
+                if tx.send(trimmed.to_owned()).is_err() {
+                    // Again after a compositor restart: the listener is back at the same path.
+                    tracing::info!(vm = %vm_name, "wayland-context: {trimmed}");
+                }
             } else {
                 tracing::info!(vm = %vm_name, "wayland-context: {trimmed}");
             }
