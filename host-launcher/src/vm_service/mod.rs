@@ -9,9 +9,9 @@
 //! 4. the shared home ([`home`]), seeded once from the home template;
 //! 5. vm-switch peer files ([`peers`]);
 //! 6. the console PTY and its `<run_dir>/<vm>-console` link ([`console`]);
-//! 7. the Wayland security context (`vmsilo-wayland-context`, as the user) when the VM has a GPU
+//! 7. `vhost-device-vsock` when the vsock transport is `vhost-user`;
+//! 8. the Wayland security context (`vmsilo-wayland-context`, as the user) when the VM has a GPU
 //!    and the user's compositor is there;
-//! 8. `vhost-device-vsock` when the vsock transport is `vhost-user`;
 //! 9. the VMM (crosvm or QEMU), then `READY=1` once its control socket answers.
 //!
 //! Shutdown: crosvm gets `crosvm powerbtn`, then `crosvm stop` after the timeout; QEMU gets QMP
@@ -456,13 +456,34 @@ fn socket_answers(path: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
+/// Let the user's security-context helper create (and re-create) its listener in the runtime
+/// dir: group = the user's primary group, group-writable, sticky. Sticky keeps the root-made
+/// sockets already there (vhost-device-vsock's) from being renamed or deleted by the user; names
+/// the VMM creates later are unlinked and re-bound by QEMU, and a user who squats crosvm's can
+/// only stop their own VM from starting. Done only when the helper runs, after the vsock backend
+/// is up. If the user's primary group is shared with other users, they get the same access.
+fn open_to_user(dir: &Path, gid: u32) -> Result<(), ServiceError> {
+    let result = (|| {
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(dir, None, Some(gid))?;
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o1770))
+    })();
+    result.map_err(|source| ServiceError::RuntimeDir {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Start the security-context helper as the user and wait for its `READY <path>` line.
+/// `open_dir` runs only when a compositor is there and the helper is about to start.
 fn start_wayland(
     plan: &WaylandPlan,
     vm: &str,
     listen: &Path,
     tools: &Tools,
     signals: &Signals,
+    open_dir: impl FnOnce() -> Result<(), ServiceError>,
 ) -> Result<Option<Child>, ServiceError> {
     let runtime_dir = tools
         .user_runtime_dir
@@ -483,6 +504,7 @@ fn start_wayland(
             "no Wayland compositor; starting the VM without a security context");
         return Ok(None);
     }
+    open_dir()?;
     let mut cmd = Command::new(&tools.wayland_context);
     cmd.args(["--vm", vm, "--color", &plan.color, "--listen"])
         .arg(listen)
@@ -574,17 +596,12 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
             source,
         })?;
     }
-    // Parents as usual (0755); the VM's own dir is root:<user group> 0770.
+    // Parents as usual; the VM's own dir starts root-only (see `open_to_user`).
     vm_dir
         .parent()
         .map_or(Ok(()), fs::create_dir_all)
-        .and_then(|()| fs::DirBuilder::new().mode(0o770).create(&vm_dir))
-        .and_then(|()| {
-            if nix::unistd::geteuid().is_root() {
-                std::os::unix::fs::chown(&vm_dir, None, Some(plan.user_gid))?;
-            }
-            fs::set_permissions(&vm_dir, fs::Permissions::from_mode(0o770))
-        })
+        .and_then(|()| fs::DirBuilder::new().mode(0o755).create(&vm_dir))
+        .and_then(|()| fs::set_permissions(&vm_dir, fs::Permissions::from_mode(0o755)))
         .map_err(|source| ServiceError::RuntimeDir {
             path: vm_dir.clone(),
             source,
@@ -611,11 +628,6 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
     let console_pts = console.guest_pts().to_path_buf();
     created.console = Some(console);
 
-    if let Some(w) = &plan.wayland {
-        let listen = vm_dir.join(WAYLAND_SOCKET);
-        created.wayland = start_wayland(w, &plan.name, &listen, tools, signals)?;
-    }
-
     if let Some(v) = &plan.vsock_backend {
         let mut cmd = Command::new(&tools.vhost_device_vsock);
         cmd.arg("--guest-cid")
@@ -637,6 +649,13 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
             tools.start_timeout,
             || socket.exists(),
         )?;
+    }
+
+    if let Some(w) = &plan.wayland {
+        let listen = vm_dir.join(WAYLAND_SOCKET);
+        created.wayland = start_wayland(w, &plan.name, &listen, tools, signals, || {
+            open_to_user(&vm_dir, plan.user_gid)
+        })?;
     }
 
     let (program, argv): (PathBuf, Vec<OsString>) = match &plan.vmm {
