@@ -306,7 +306,11 @@ fn full_lifecycle_under_crosvm_and_clean_stop_on_sigterm() {
     );
     assert_eq!(wayland[0]["uid"], user_uid(), "the helper runs as the user");
     let run_meta = fs::metadata(run.join("banking")).unwrap();
-    assert_eq!(run_meta.mode() & 0o7777, 0o1770, "group-writable and sticky for the helper");
+    assert_eq!(
+        run_meta.mode() & 0o7777,
+        0o1770,
+        "group-writable and sticky for the helper"
+    );
     assert_eq!(run_meta.uid(), nix::unistd::geteuid().as_raw());
 
     // SIGTERM: power button, guest powers off, everything created is removed.
@@ -356,7 +360,10 @@ fn unresponsive_guest_is_stopped_after_the_timeout_and_ctrl_c_spares_the_vmm() {
     let mut child = cmd.spawn().unwrap();
     env.wait_ready(&mut child);
     let mode = fs::metadata(env.run_dir().join("shop")).unwrap().mode() & 0o7777;
-    assert_eq!(mode, 0o755, "no security context: the runtime dir stays root's");
+    assert_eq!(
+        mode, 0o755,
+        "no security context: the runtime dir stays root's"
+    );
     // Ctrl-C in a terminal signals the whole foreground group: only the service may see it.
     killpg(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let begun = Instant::now();
