@@ -154,6 +154,7 @@ fn qemu_vm_runs_under_the_service_and_stops_cleanly() {
         .process_group(0)
         .spawn()
         .unwrap();
+    let started = Instant::now();
     let pid = Pid::from_raw(i32::try_from(service.id()).unwrap());
     let guard = scopeguard(pid);
 
@@ -174,6 +175,8 @@ fn qemu_vm_runs_under_the_service_and_stops_cleanly() {
         }
         assert!(Instant::now() < deadline, "no READY=1 within 150s");
     }
+
+    let ready_s = started.elapsed().as_secs_f64();
 
     // What the service created.
     let mac = vmsilo::derive::mac_address("e2e", "internal").to_string();
@@ -203,11 +206,13 @@ fn qemu_vm_runs_under_the_service_and_stops_cleanly() {
         up.contains(&format!("eth0={mac}")),
         "guest NIC on the vm-switch socket has the derived MAC: {up}"
     );
+    let guest_up_s = started.elapsed().as_secs_f64();
     console.file.write_all(b"hello from the host\n").unwrap();
     console.wait_for("GUEST_ECHO hello from the host", 60, &mut service);
 
     // SIGTERM: ACPI power button (QMP system_powerdown), the guest powers off by itself.
     kill(pid, Signal::SIGTERM).unwrap();
+    let stopping = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         console.poll();
@@ -221,6 +226,11 @@ fn qemu_vm_runs_under_the_service_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     };
     std::mem::forget(guard);
+    // Informational (TCG on a shared 2-core machine; not asserted).
+    eprintln!(
+        "VM_SERVICE_E2E ready_s={ready_s:.2} guest_up_s={guest_up_s:.2} stop_s={:.2}",
+        stopping.elapsed().as_secs_f64()
+    );
     let log = stderr_of(&mut service);
     assert!(status.success(), "{status}\n{log}");
     assert!(
