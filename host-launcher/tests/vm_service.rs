@@ -590,3 +590,27 @@ fn stop_during_start_is_a_clean_exit() {
         );
     }
 }
+
+#[test]
+fn a_second_run_of_a_running_vm_is_refused_and_leaves_it_alone() {
+    let env = Env::new(SWITCHED_VM);
+    let mut first = env.command("banking").spawn().unwrap();
+    env.wait_ready(&mut first);
+    let mut second = env.command("banking").spawn().unwrap();
+    let status = wait_exit(&mut second, 20);
+    let err = stderr(&mut second);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("VM banking is already running"), "{err}");
+    // The first one still has all its pieces and still stops cleanly.
+    assert!(env.run_dir().join("banking/crosvm.sock").exists());
+    assert!(env.run_dir().join("banking-console").exists());
+    assert!(
+        env.root()
+            .join("run/vm-switch/internal/banking.json")
+            .exists()
+    );
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut first, 20);
+    assert!(status.success(), "{status}\n{}", stderr(&mut first));
+    assert!(!env.run_dir().join("banking").exists());
+}

@@ -131,6 +131,9 @@ pub enum ServiceError {
     /// Waiting for children failed.
     #[error("cannot wait for child processes")]
     Wait(#[source] io::Error),
+    /// The VM's control socket answers: another run of this VM is up.
+    #[error("VM {0} is already running (its control socket answers)")]
+    AlreadyRunning(String),
     /// A stop signal arrived while starting; [`run`] turns this into
     /// [`Outcome::StoppedWhileStarting`].
     #[error("stop requested while starting")]
@@ -589,6 +592,11 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
 
     let mut created = Created::default();
     let vm_dir = plan.vm_run_dir.clone();
+    if socket_answers(&plan.control_socket) {
+        // Another `vmsilo vm run` (the service, or vm-start-debug) has this VM up: clearing its
+        // runtime dir would cut it off from everything.
+        return Err(ServiceError::AlreadyRunning(plan.name.clone()));
+    }
     if fs::symlink_metadata(&vm_dir).is_ok() {
         // Left over from a run that was killed; nothing in it is valid any more.
         fs::remove_dir_all(&vm_dir).map_err(|source| ServiceError::RuntimeDir {
