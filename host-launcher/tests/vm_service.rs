@@ -614,3 +614,28 @@ fn a_second_run_of_a_running_vm_is_refused_and_leaves_it_alone() {
     assert!(status.success(), "{status}\n{}", stderr(&mut first));
     assert!(!env.run_dir().join("banking").exists());
 }
+
+#[test]
+fn guest_reboot_is_a_clean_end_and_a_crash_is_a_failure() {
+    for (code, ok, outcome) in [
+        ("32", true, "GuestRebooted"),
+        ("33", false, "exit status: 33"),
+    ] {
+        let env = Env::new(SWITCHED_VM);
+        let mut cmd = env.command("banking");
+        cmd.env("FAKE_CROSVM_EXIT_AFTER", "1")
+            .env("FAKE_CROSVM_EXIT_CODE", code);
+        let mut child = cmd.spawn().unwrap();
+        env.wait_ready(&mut child);
+        let status = wait_exit(&mut child, 20);
+        let err = stderr(&mut child);
+        assert_eq!(status.success(), ok, "crosvm exit {code}: {status}\n{err}");
+        assert!(err.contains(outcome), "{err}");
+        assert!(!env.run_dir().join("banking").exists());
+        assert!(
+            !env.root()
+                .join("run/vm-switch/internal/banking.json")
+                .exists()
+        );
+    }
+}

@@ -67,6 +67,7 @@ pub fn run(args: &VmRunArgs) -> Result<ExitCode> {
         Outcome::GuestExited
         | Outcome::PoweredOff
         | Outcome::Forced
-        | Outcome::StoppedWhileStarting => ExitCode::SUCCESS,
+        | Outcome::StoppedWhileStarting
+        | Outcome::GuestRebooted => ExitCode::SUCCESS,
     })
 }

@@ -318,7 +318,13 @@ pub enum Outcome {
     Forced,
     /// We were asked to stop before the VM was up; it was not started or was killed.
     StoppedWhileStarting,
+    /// The guest asked for a reboot (crosvm exit 32; QEMU runs with `-no-reboot` and reports a
+    /// reboot as a power-off). The VM starts afresh on its next activation.
+    GuestRebooted,
 }
+
+/// crosvm's exit status when the guest requested a reboot.
+const CROSVM_REBOOT_STATUS: i32 = 32;
 
 /// Everything created so far; dropping it removes all of it, in reverse order.
 #[derive(Default)]
@@ -714,8 +720,12 @@ fn supervise(
         let stop = signals.wait(Duration::from_secs(1))?;
         if let Some(status) = vmm.try_wait().map_err(ServiceError::Wait)? {
             tracing::info!(vm = %plan.name, %status, "VMM exited");
+            let rebooted = matches!(plan.vmm, VmmPlan::Crosvm(_))
+                && status.code() == Some(CROSVM_REBOOT_STATUS);
             return if status.success() {
                 Ok(Outcome::GuestExited)
+            } else if rebooted {
+                Ok(Outcome::GuestRebooted)
             } else {
                 Err(ServiceError::VmmFailed(status))
             };
