@@ -5,7 +5,8 @@
 //! answers every console line with `GUEST_ECHO <line>`, and powers off cleanly (printing
 //! `VMSILO_POWER_BUTTON`) when the ACPI power button is pressed — which is what the service's
 //! QMP `system_powerdown` does. For that it loads `button.ko` and `evdev.ko` from the same kernel
-//! tree as the initramfs.
+//! tree as the initramfs. `vsock-probe` (from `shared/vmtest`, built static with gcc) echoes on
+//! vsock port 5000, where the guest agent would listen.
 //!
 //! Environment: `VMSILO_KROOT` (default `/`) is the kernel tree, as for `build-initramfs.sh
 //! --kroot`; `VMTEST_DIR` (default `/tmp/vmtest`) holds vmtest's initramfs, built if missing;
@@ -34,7 +35,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
-for m in $(cat /etc/vmtest/modules) ; do insmod /lib/vmtest-modules/$m 2>/dev/null; done
+for m in $(cat /etc/vmtest/modules) $(cat /etc/vmtest/modules-vsock 2>/dev/null); do
+    insmod /lib/vmtest-modules/$m 2>/dev/null
+done
 insmod /lib/vmsilo-test/evdev.ko || echo "VMSILO_WARN evdev"
 insmod /lib/vmsilo-test/button.ko || echo "VMSILO_WARN button"
 stty raw -echo 2>/dev/null
@@ -48,6 +51,8 @@ for ev in /dev/input/event*; do
     ( dd bs=24 count=1 <&3 >/dev/null 2>&1; echo "VMSILO_POWER_BUTTON"; sync; sleep 1; poweroff -f ) &
     exec 3<&-
 done
+# The guest agent's port: an echo server stands in for it.
+[ -e /dev/vsock ] && { vsock-probe listen 5000 >/dev/null 2>&1 & }
 macs=""
 for n in /sys/class/net/*; do [ "${n##*/}" = lo ] || macs="$macs ${n##*/}=$(cat $n/address)"; done
 echo "VMSILO_GUEST_UP nics=${macs# }"
@@ -123,6 +128,12 @@ pub fn test_guest() -> TestGuest {
             )
         });
     }
+    fs::create_dir_all(extra.join("usr/bin")).expect("extra dir");
+    require_tool("gcc");
+    run(Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(extra.join("usr/bin/vsock-probe"))
+        .arg(shared_dir().join("vmtest/vsock-probe.c")));
     let init = extra.join("init");
     fs::write(&init, INIT).expect("write init");
     use std::os::unix::fs::PermissionsExt;
@@ -245,5 +256,47 @@ impl Drop for TestSwitch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Host side of hybrid vsock: connect to the backend's socket and ask for guest `port`,
+/// retrying while the guest has no listener yet (the backend then closes without a reply).
+/// Returns the stream once the backend said `OK`.
+pub fn hybrid_connect(
+    uds: &Path,
+    port: u32,
+    timeout: std::time::Duration,
+) -> std::os::unix::net::UnixStream {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(uds) {
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            if stream
+                .write_all(format!("CONNECT {port}\n").as_bytes())
+                .is_ok()
+            {
+                // Byte by byte: nothing after the newline belongs to the reply.
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while line.len() < 64 && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    line.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                if line.starts_with(b"OK ") {
+                    return stream;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no OK for CONNECT {port} on {} within {timeout:?}",
+            uds.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

@@ -2,7 +2,8 @@
 //! kernel and initramfs, with a vm-switch interface served by dpdk-testpmd (standing in for
 //! vm-switch) and vsock over vhost-device-vsock. Checks: readiness via sd_notify, the peer file
 //! and the other created files while it runs, the guest's NIC has the derived MAC, the serial
-//! console through the `<vm>-console` link both ways, and on SIGTERM an ACPI power-button
+//! console through the `<vm>-console` link both ways, a hybrid-vsock round trip to guest port
+//! 5000 through the backend the service started, and on SIGTERM an ACPI power-button
 //! shutdown that the guest acts on, followed by removal of everything the service created.
 #![allow(clippy::unwrap_used)]
 
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use vmsilo_tests::require_tool;
-use vmsilo_tests::vm_service::{TestSwitch, test_guest, vmsilo_bin};
+use vmsilo_tests::vm_service::{TestSwitch, hybrid_connect, test_guest, vmsilo_bin};
 
 /// Reads the console without blocking, remembering everything seen.
 struct ConsoleReader {
@@ -209,6 +210,14 @@ fn qemu_vm_runs_under_the_service_and_stops_cleanly() {
     let guest_up_s = started.elapsed().as_secs_f64();
     console.file.write_all(b"hello from the host\n").unwrap();
     console.wait_for("GUEST_ECHO hello from the host", 60, &mut service);
+
+    // vsock through the vhost-device-vsock the service runs: the agent's port answers.
+    let mut agent = hybrid_connect(&run.join("e2e/vsock.sock"), 5000, Duration::from_secs(60));
+    agent.write_all(b"ping over vsock\n").unwrap();
+    let mut echo = [0u8; 16];
+    agent.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping over vsock\n");
+    drop(agent);
 
     // SIGTERM: ACPI power button (QMP system_powerdown), the guest powers off by itself.
     kill(pid, Signal::SIGTERM).unwrap();
