@@ -257,6 +257,14 @@ fn full_lifecycle_under_crosvm_and_clean_stop_on_sigterm() {
     );
     assert_eq!(start["pgid"], start["pid"]);
 
+    // The users' end of the console belongs to the user (vm-shell runs as the user).
+    let pts_meta = fs::metadata(&link).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(
+            (pts_meta.uid(), pts_meta.mode() & 0o777),
+            (user_uid(), 0o600)
+        );
+    }
     // The console works both ways through the link.
     let mut console = open_console(&link);
     read_until(&mut console, "FAKE_CONSOLE_UP");

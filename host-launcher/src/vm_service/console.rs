@@ -9,7 +9,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -47,6 +47,9 @@ pub enum ConsoleError {
         #[source]
         source: io::Error,
     },
+    /// The users' pts could not be given to the user.
+    #[error("cannot give the console to the user")]
+    Owner(#[source] io::Error),
     /// The relay thread could not be started.
     #[error("cannot start the console relay thread")]
     Thread(#[source] io::Error),
@@ -103,10 +106,22 @@ pub struct Console {
 
 impl Console {
     /// Open both PTY pairs, link `link` to the user side and start relaying. With `mirror`,
-    /// guest output is also copied there (`vm-start-debug` passes stdout).
-    pub fn open(link: &Path, mirror: Option<OwnedFd>) -> Result<Self, ConsoleError> {
+    /// guest output is also copied there (`vm-start-debug` passes stdout). With `owner`, the
+    /// users' pts belongs to that uid:gid, mode 0600, so `vm-shell` works without root; the
+    /// VMM's pts stays root's.
+    pub fn open(
+        link: &Path,
+        mirror: Option<OwnedFd>,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Self, ConsoleError> {
         let guest = Pty::open()?;
         let user = Pty::open()?;
+        if let Some((uid, gid)) = owner {
+            let file = std::fs::File::from(user.slave.try_clone().map_err(ConsoleError::Owner)?);
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(ConsoleError::Owner)?;
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(ConsoleError::Owner)?;
+        }
         match fs::symlink_metadata(link) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 // A stale link from a crashed run; it points at a pts that is gone or reused.
@@ -297,7 +312,7 @@ mod tests {
     fn relays_both_ways_through_the_link() {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("vm-console");
-        let console = Console::open(&link, None).unwrap();
+        let console = Console::open(&link, None, None).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), console.user_pts());
 
         let mut vmm = open_raw(console.guest_pts());
@@ -315,10 +330,35 @@ mod tests {
     }
 
     #[test]
+    fn users_end_belongs_to_the_owner_and_the_vmm_end_does_not() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("vm-console");
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        let owner = if nix::unistd::geteuid().is_root() {
+            (4242, 4343)
+        } else {
+            me
+        };
+        let console = Console::open(&link, None, Some(owner)).unwrap();
+        let user = fs::metadata(&link).unwrap();
+        assert_eq!(
+            (user.uid(), user.gid(), user.mode() & 0o777),
+            (owner.0, owner.1, 0o600)
+        );
+        let vmm = fs::metadata(console.guest_pts()).unwrap();
+        assert_eq!(vmm.uid(), me.0, "the VMM's pts is not given away");
+        console.close();
+    }
+
+    #[test]
     fn guest_output_never_blocks_without_a_reader() {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("vm-console");
-        let console = Console::open(&link, None).unwrap();
+        let console = Console::open(&link, None, None).unwrap();
         let mut vmm = fs::OpenOptions::new()
             .write(true)
             .open(console.guest_pts())

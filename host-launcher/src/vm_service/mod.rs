@@ -273,6 +273,8 @@ pub struct Plan {
     pub vsock_backend: Option<VsockBackendPlan>,
     /// The VMM's control socket (crosvm `--socket`, QEMU QMP).
     pub control_socket: PathBuf,
+    /// The configured user: owns the console pts (for `vm-shell`).
+    pub user_uid: u32,
     /// The configured user's primary group: it may create sockets in the runtime dir (the
     /// security-context helper runs as the user and listens on `<run_dir>/<vm>/wayland-0`).
     pub user_gid: u32,
@@ -638,7 +640,10 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
     } else {
         None
     };
-    let console = console::Console::open(&plan.console_link, mirror)?;
+    let owner = nix::unistd::geteuid()
+        .is_root()
+        .then_some((plan.user_uid, plan.user_gid));
+    let console = console::Console::open(&plan.console_link, mirror, owner)?;
     let console_pts = console.guest_pts().to_path_buf();
     created.console = Some(console);
 

@@ -120,6 +120,7 @@ pub fn build(config: &Config, name: &str, paths: &Paths, tools: &Tools) -> Resul
         }),
         vsock_backend,
         control_socket: paths.control_socket(name),
+        user_uid: uid,
         user_gid: gid,
         vmm,
     })
