@@ -27,6 +27,9 @@ pub enum Command {
     /// Show what vmsilo sets up for each VM: crosvm command, kernel command line, network,
     /// runtime paths and systemd units.
     Plan(PlanArgs),
+    /// Bring the bundled quick-start example up for real as tiny VMs (QEMU backend, vm-switch
+    /// network, socket-activated command proxies) and walk through using it, with timings.
+    Demo(crate::demo::DemoArgs),
     /// Generate host desktop entries, VM-coloured icons and a menu folder per VM from each VM's
     /// guest program packages (run at build time).
     Desktop(DesktopArgs),

@@ -15,6 +15,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Plan(args) => plan(&args),
+        Command::Demo(args) => crate::demo::run(&args),
         Command::Desktop(args) => desktop(&args),
         Command::Vm(VmCommand::Run(args)) => crate::vm_service::cli::run(&args),
     }

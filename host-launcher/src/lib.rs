@@ -6,6 +6,7 @@
 //! | [`derive`] | values computed from the configuration (MACs, PCI slots, TAP names, colours) |
 //! | [`paths`] | runtime paths and unit names shared by every part |
 //! | [`crosvm`] | the crosvm command line of a VM |
+//! | [`demo`] | `vmsilo demo`: the quick-start example as tiny real VMs |
 //! | [`plan`] | everything vmsilo would set up for each VM, as text or JSON |
 //! | [`cli`] | the `vmsilo` command's arguments |
 //! | [`desktop`] | host desktop entries, icons and menu folders generated from guest packages |
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crosvm;
+pub mod demo;
 pub mod derive;
 pub mod desktop;
 pub mod paths;
