@@ -586,7 +586,6 @@ fn start_wayland(
 }
 
 /// Prepare, run and tear down one VM. Returns how it ended; errors are after cleanup.
-/// Prepare, run and tear down one VM. Returns how it ended; errors are after cleanup.
 pub fn run(plan: Plan, tools: &Tools) -> Result<Outcome, ServiceError> {
     let signals = Signals::block()?;
     match run_with(plan, tools, &signals) {
