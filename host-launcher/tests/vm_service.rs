@@ -142,6 +142,42 @@ impl Env {
     }
 }
 
+/// A spawned service whose whole process group is killed if the test panics first, so a failing
+/// test never leaves a VM service (and its recorders) running.
+struct Service(Child);
+
+impl std::ops::Deref for Service {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = killpg(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+trait SpawnGuarded {
+    fn spawn_guarded(&mut self) -> Service;
+}
+
+impl SpawnGuarded for Command {
+    fn spawn_guarded(&mut self) -> Service {
+        Service(self.spawn().unwrap())
+    }
+}
+
 fn stderr(child: &mut Child) -> String {
     let mut s = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -202,7 +238,7 @@ const SWITCHED_VM: &str = r##"{ "id": 3, "name": "banking", "color": "#2ecc71",
 #[test]
 fn full_lifecycle_under_crosvm_and_clean_stop_on_sigterm() {
     let env = Env::new(SWITCHED_VM);
-    let mut child = env.command("banking").spawn().unwrap();
+    let mut child = env.command("banking").spawn_guarded();
     env.wait_ready(&mut child);
     let run = env.run_dir();
 
@@ -365,7 +401,7 @@ fn unresponsive_guest_is_stopped_after_the_timeout_and_ctrl_c_spares_the_vmm() {
     );
     let mut cmd = env.command("shop");
     cmd.env("FAKE_CROSVM_IGNORE_POWERBTN", "1");
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn_guarded();
     env.wait_ready(&mut child);
     let mode = fs::metadata(env.run_dir().join("shop")).unwrap().mode() & 0o7777;
     assert_eq!(
@@ -410,7 +446,7 @@ fn guest_powering_off_ends_the_service_cleanly() {
     let env = Env::new(SWITCHED_VM);
     let mut cmd = env.command("banking");
     cmd.env("FAKE_CROSVM_EXIT_AFTER", "2");
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn_guarded();
     env.wait_ready(&mut child);
     let status = wait_exit(&mut child, 20);
     assert!(status.success(), "{status}\n{}", stderr(&mut child));
@@ -441,7 +477,7 @@ fn pci_device_not_on_vfio_fails_before_anything_is_created() {
     std::os::unix::fs::symlink(&dev, sys.join("bus/pci/devices/0000:01:00.0")).unwrap();
     fs::create_dir_all(sys.join("bus/pci/drivers/xhci_hcd")).unwrap();
     std::os::unix::fs::symlink(sys.join("bus/pci/drivers/xhci_hcd"), dev.join("driver")).unwrap();
-    let mut child = env.command("usb").spawn().unwrap();
+    let mut child = env.command("usb").spawn_guarded();
     let status = wait_exit(&mut child, 20);
     let err = stderr(&mut child);
     assert_eq!(status.code(), Some(1), "{err}");
@@ -461,7 +497,7 @@ fn vhost_user_vsock_backend_is_started_and_its_death_stops_the_vm() {
     );
     let mut cmd = env.command("dev");
     cmd.env("FAKE_VSOCK_DIE_AFTER", "3");
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn_guarded();
     env.wait_ready(&mut child);
     let run = env.run_dir().join("dev");
     let vsock = env.events("vsock.log");
@@ -501,7 +537,7 @@ fn failing_security_context_is_a_clear_error_and_cleans_up() {
     let env = Env::new(SWITCHED_VM);
     let mut cmd = env.command("banking");
     cmd.env("FAKE_WAYLAND_FAIL", "1");
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn_guarded();
     let status = wait_exit(&mut child, 20);
     let err = stderr(&mut child);
     assert_eq!(status.code(), Some(1), "{err}");
@@ -527,7 +563,7 @@ fn failing_security_context_is_a_clear_error_and_cleans_up() {
 #[test]
 fn unknown_vm_is_rejected() {
     let env = Env::new(SWITCHED_VM);
-    let mut child = env.command("nope").spawn().unwrap();
+    let mut child = env.command("nope").spawn_guarded();
     let status = wait_exit(&mut child, 20);
     let err = stderr(&mut child);
     assert_eq!(status.code(), Some(1));
@@ -542,7 +578,7 @@ fn vm_start_debug_mirrors_the_console_and_stops_on_ctrl_c() {
     let env = Env::new(
         r#"{ "id": 11, "name": "dbg", "gpu": false, "sharedHome": false, "rootOverlay": { "type": "tmpfs" } }"#,
     );
-    let mut child = env.debug_command("dbg").spawn().unwrap();
+    let mut child = env.debug_command("dbg").spawn_guarded();
     env.wait_ready(&mut child);
     std::thread::sleep(Duration::from_millis(500));
     killpg(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
@@ -573,7 +609,7 @@ fn stop_during_start_is_a_clean_exit() {
     let env = Env::new(SWITCHED_VM);
     let mut cmd = env.command("banking");
     cmd.env("FAKE_CROSVM_START_DELAY", "30");
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn_guarded();
     // Wait until the VMM has been started, then stop before it is up.
     let deadline = Instant::now() + Duration::from_secs(20);
     while env.events("crosvm.log").is_empty() {
@@ -602,9 +638,9 @@ fn stop_during_start_is_a_clean_exit() {
 #[test]
 fn a_second_run_of_a_running_vm_is_refused_and_leaves_it_alone() {
     let env = Env::new(SWITCHED_VM);
-    let mut first = env.command("banking").spawn().unwrap();
+    let mut first = env.command("banking").spawn_guarded();
     env.wait_ready(&mut first);
-    let mut second = env.command("banking").spawn().unwrap();
+    let mut second = env.command("banking").spawn_guarded();
     let status = wait_exit(&mut second, 20);
     let err = stderr(&mut second);
     assert_eq!(status.code(), Some(1), "{err}");
@@ -633,7 +669,7 @@ fn guest_reboot_is_a_clean_end_and_a_crash_is_a_failure() {
         let mut cmd = env.command("banking");
         cmd.env("FAKE_CROSVM_EXIT_AFTER", "1")
             .env("FAKE_CROSVM_EXIT_CODE", code);
-        let mut child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn_guarded();
         env.wait_ready(&mut child);
         let status = wait_exit(&mut child, 20);
         let err = stderr(&mut child);
