@@ -67,6 +67,7 @@ fn security_context_lives_and_dies_with_the_vm() {
         .spawn()
         .unwrap();
     let pid = Pid::from_raw(i32::try_from(service.id()).unwrap());
+    let guard = Guard(pid);
     let deadline = Instant::now() + TIMEOUT;
     let mut buf = [0u8; 64];
     loop {
@@ -123,9 +124,18 @@ fn security_context_lives_and_dies_with_the_vm() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    std::mem::forget(guard);
     assert!(status.success(), "{status}");
     assert!(!listen.exists(), "listener removed");
     compositor
         .wait_for(TIMEOUT, |s| (!s.contexts[0].listening).then_some(()))
         .expect("the compositor stopped accepting on the VM's listener");
+}
+
+/// Kills the service's process group if the test panics before it stopped.
+struct Guard(Pid);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = killpg(self.0, Signal::SIGKILL);
+    }
 }
