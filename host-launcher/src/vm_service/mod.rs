@@ -184,7 +184,7 @@ impl Default for Tools {
             wayland_display: None,
             accel: None,
             shutdown_timeout: Duration::from_secs(30),
-            start_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(60),
             mirror_console: false,
         }
     }
