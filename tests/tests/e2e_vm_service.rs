@@ -274,3 +274,95 @@ impl Drop for Guard {
 fn scopeguard(pid: Pid) -> Guard {
     Guard(pid)
 }
+
+#[test]
+fn qemu_guest_ignoring_the_power_button_is_quit_after_the_timeout() {
+    require_tool("qemu-img");
+    let vhost_device_vsock = std::env::var_os("VHOST_DEVICE_VSOCK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/vhost-device/bin/vhost-device-vsock"));
+    assert!(
+        vhost_device_vsock.is_file(),
+        "{} missing",
+        vhost_device_vsock.display()
+    );
+    let guest = test_guest();
+    let vmsilo = vmsilo_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("etc/vmsilo")).unwrap();
+    let root_img = dir.path().join("root.img");
+    fs::write(&root_img, vec![0u8; 1 << 20]).unwrap();
+    let uid = if nix::unistd::geteuid().is_root() {
+        4242
+    } else {
+        nix::unistd::getuid().as_raw()
+    };
+    let doc = serde_json::json!({
+        "user": "vmuser", "userUid": uid,
+        "nixosVms": [{
+            "id": 5, "name": "deaf", "vmm": "qemu", "memory": 256, "cpus": 1, "gpu": false,
+            "sharedHome": false, "rootOverlay": { "type": "tmpfs" },
+            "kernel": guest.kernel, "initramfs": guest.initrd, "rootDisk": { "path": root_img },
+            "vsock": { "transport": "vhost-user" },
+            "kernelParams": ["quiet", "panic=-1", "vmsilo_test.deaf=1"]
+        }]
+    });
+    fs::write(root.join("etc/vmsilo/config.json"), doc.to_string()).unwrap();
+    let mut service = Command::new(&vmsilo)
+        .args(["--log-level", "info", "vm", "run", "deaf", "--accel", "tcg"])
+        .arg("--root")
+        .arg(&root)
+        .arg("--vhost-device-vsock")
+        .arg(&vhost_device_vsock)
+        .args(["--shutdown-timeout", "3", "--start-timeout", "120"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(i32::try_from(service.id()).unwrap());
+    let guard = scopeguard(pid);
+    let link = root.join("run/vmsilo/deaf-console");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::symlink_metadata(&link).is_err() {
+        assert!(Instant::now() < deadline, "no console link");
+        assert!(
+            service.try_wait().unwrap().is_none(),
+            "{}",
+            stderr_of(&mut service)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut console = ConsoleReader::open(&link);
+    console.wait_for("VMSILO_GUEST_UP", 240, &mut service);
+
+    kill(pid, Signal::SIGTERM).unwrap();
+    let stopping = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        console.poll();
+        if let Some(status) = service.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "service did not stop within 60s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::mem::forget(guard);
+    let log = stderr_of(&mut service);
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        stopping.elapsed() >= Duration::from_secs(3),
+        "waited for the guest first"
+    );
+    assert!(log.contains("did not power off in time"), "{log}");
+    assert!(log.contains("Forced"), "{log}");
+    assert!(
+        !console.seen.contains("VMSILO_POWER_BUTTON"),
+        "{}",
+        console.seen
+    );
+    assert!(!root.join("run/vmsilo/deaf").exists());
+    assert!(fs::symlink_metadata(&link).is_err());
+}
