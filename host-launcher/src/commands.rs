@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{
-    Cli, Command, CompletionsCommand, ConfigArg, DesktopArgs, PlanArgs, ProxyCommand,
+    Cli, Command, CompletionsCommand, ConfigArg, DesktopArgs, PlanArgs, ProxyCommand, VmCommand,
 };
 use crate::config::{self, Config, ConfigError, Source};
 use crate::paths::Paths;
@@ -21,6 +21,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Proxy(args) => proxy(&args),
         Command::Completions(args) => completions(&args),
         Command::Desktop(args) => desktop(&args),
+        Command::Vm(VmCommand::Run(args)) => crate::vm_service::cli::run(&args),
     }
 }
 

@@ -18,6 +18,8 @@
 //! | [`shell`] | `vm-shell` (serial console, SSH over vsock), `vm-start`, `vm-stop` |
 //! | [`units`] | systemd D-Bus calls (start/stop VM units) |
 //! | [`tools_cli`] | command lines of `vm-run`, `vm-start`, `vm-stop`, `vm-shell`, and their bash completion |
+//! | [`vm_service`] | `vmsilo vm run`: prepare, run and tear down one VM |
+//! | [`qemu`] | the QEMU command line (second VMM backend) |
 
 pub mod cli;
 pub mod commands;
@@ -29,11 +31,13 @@ pub mod desktop;
 pub mod paths;
 pub mod plan;
 pub mod proxy;
+pub mod qemu;
 pub mod shell;
 pub mod tools_cli;
 pub mod tray;
 pub mod units;
 pub mod vm_run;
+pub mod vm_service;
 pub mod vsock;
 
 /// An error and its causes on one line, `outer: inner: root`, for the top-level report.

@@ -39,3 +39,4 @@ pub fn require_tool(tool: &str) -> PathBuf {
             panic!("required tool `{tool}` is not on PATH; install it (see .ci/run) and rerun")
         })
 }
+pub mod vm_service;
