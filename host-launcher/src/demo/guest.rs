@@ -38,8 +38,10 @@ echo 'user:x:1000:1000:Guest:/home/user:/bin/sh' >> /etc/passwd
 printf 'root:x:0:\nuser:x:1000:\n' > /etc/group
 mkdir -p /home/user /run/user/1000 && chown 1000:1000 /home/user /run/user/1000
 ip link set lo up
+# As on NixOS, ping reaches the user through a setuid wrapper in /run/wrappers/bin.
+mkdir -p /run/wrappers/bin && cp /bin/busybox /run/wrappers/bin/ping && chmod 4755 /run/wrappers/bin/ping
 idle=$(arg vmsilo.demo.idle)
-vmsilo-agent --user user --path /usr/bin:/bin:/usr/sbin:/sbin ${idle:+--auto-shutdown-after $idle} \
+vmsilo-agent --user user --path /run/wrappers/bin:/usr/bin:/bin:/usr/sbin:/sbin ${idle:+--auto-shutdown-after $idle} \
     --poweroff-command 'echo DEMO_IDLE_POWEROFF; poweroff -f' &
 agent=$!
 # The agent renames NICs from vmsilo.ifname=; configure each once it has its name.

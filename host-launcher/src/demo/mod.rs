@@ -156,13 +156,23 @@ fn binaries(args: &DemoArgs, t: &Transcript) -> Result<Bins> {
     let src = source_tree().context(
         "no source tree to build from; pass --bin-dir with vmsilo, vm-run, vm-switch and a static vmsilo-agent",
     )?;
-    t.say("building vmsilo, vm-run, vm-switch and a static vmsilo-agent (cargo, release)");
+    // Build in the profile this vmsilo was built with, so a debug `cargo run` reuses the
+    // artifacts `cargo test` already made.
+    let (profile, dir) = if cfg!(debug_assertions) {
+        ("dev", "debug")
+    } else {
+        ("release", "release")
+    };
+    t.say(format!(
+        "building vmsilo, vm-run, vm-switch and a static vmsilo-agent (cargo, {dir})"
+    ));
     cargo(
         &src,
         &[
             "build",
             "-q",
-            "--release",
+            "--profile",
+            profile,
             "-p",
             "vmsilo",
             "-p",
@@ -179,7 +189,8 @@ fn binaries(args: &DemoArgs, t: &Transcript) -> Result<Bins> {
         &[
             "build",
             "-q",
-            "--release",
+            "--profile",
+            profile,
             "-p",
             "vmsilo-guest",
             "--bin",
@@ -191,12 +202,12 @@ fn binaries(args: &DemoArgs, t: &Transcript) -> Result<Bins> {
         ],
         Some("-C target-feature=+crt-static"),
     )?;
-    let release = src.join("target/release");
+    let out = src.join("target").join(dir);
     Ok(Bins {
-        vmsilo: release.join("vmsilo"),
-        vm_run: release.join("vm-run"),
-        vm_switch: release.join("vm-switch"),
-        agent: src.join(format!("target/static/{host}/release/vmsilo-agent")),
+        vmsilo: out.join("vmsilo"),
+        vm_run: out.join("vm-run"),
+        vm_switch: out.join("vm-switch"),
+        agent: src.join(format!("target/static/{host}/{dir}/vmsilo-agent")),
     })
 }
 
@@ -205,10 +216,7 @@ type Addresses = Vec<(String, Option<String>)>;
 
 /// The quick-start example as demo VMs: QEMU, hybrid vsock, no GPU or shared home, a short idle
 /// timeout, and vm-switch in place of TAP uplinks.
-fn demo_config(
-    image: &guest::GuestImage,
-    idle: u64,
-) -> Result<(Value, Addresses)> {
+fn demo_config(image: &guest::GuestImage, idle: u64) -> Result<(Value, Addresses)> {
     let mut doc: Value = serde_json::from_str(config::EXAMPLE_QUICKSTART)?;
     doc["hostNetworking"] = json!({ "nat": { "enable": false } });
     let mut addresses = Vec::new();
