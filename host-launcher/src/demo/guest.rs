@@ -4,8 +4,8 @@
 //! `build-initramfs.sh`; a second cpio appended to it replaces `/init` with [`INIT`] and adds the
 //! agent and the modules the power button needs. The guest reads its demo settings from the
 //! kernel command line: `vmsilo.demo.name=`, `vmsilo.demo.addr=<ifname>,<cidr>` and
-//! `vmsilo.demo.idle=<seconds>`; `vmsilo.ifname=` is applied by the agent itself, as in a real
-//! vmsilo guest.
+//! `vmsilo.demo.idle=<seconds>`. Like a NixOS guest, it names its NICs from `vmsilo.ifname=` and
+//! configures them before the agent starts taking commands.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -40,16 +40,22 @@ mkdir -p /home/user /run/user/1000 && chown 1000:1000 /home/user /run/user/1000
 ip link set lo up
 # As on NixOS, ping reaches the user through a setuid wrapper in /run/wrappers/bin.
 mkdir -p /run/wrappers/bin && cp /bin/busybox /run/wrappers/bin/ping && chmod 4755 /run/wrappers/bin/ping
+# Name and configure the NICs before the agent accepts commands, as a NixOS guest's .link files
+# and networkd do before its agent socket starts.
+for spec in $(arg vmsilo.ifname); do
+    want=${spec%%,*}; mac=${spec#*,}
+    for n in /sys/class/net/*; do
+        [ "$(cat $n/address)" = "$mac" ] && [ "${n##*/}" != "$want" ] && ip link set dev "${n##*/}" name "$want"
+    done
+done
+for spec in $(arg vmsilo.demo.addr); do
+    ifname=${spec%%,*}; cidr=${spec#*,}
+    ip addr add "$cidr" dev "$ifname" && ip link set "$ifname" up
+done
 idle=$(arg vmsilo.demo.idle)
 vmsilo-agent --user user --path /run/wrappers/bin:/usr/bin:/bin:/usr/sbin:/sbin ${idle:+--auto-shutdown-after $idle} \
     --poweroff-command 'echo DEMO_IDLE_POWEROFF; poweroff -f' &
 agent=$!
-# The agent renames NICs from vmsilo.ifname=; configure each once it has its name.
-for spec in $(arg vmsilo.demo.addr); do
-    ifname=${spec%%,*}; cidr=${spec#*,}
-    n=0; while [ ! -e /sys/class/net/$ifname ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
-    ip addr add "$cidr" dev "$ifname" && ip link set "$ifname" up
-done
 echo "DEMO_GUEST_UP name=$name uptime=$(cut -d' ' -f1 /proc/uptime)"
 wait $agent
 echo "DEMO_AGENT_EXIT rc=$?"
