@@ -219,6 +219,40 @@ pub fn listener_from_env() -> Result<UnixListener, ProxyError> {
     Ok(UnixListener::from(fd))
 }
 
+/// Build a command that receives `listener` the way systemd socket activation hands it over: as
+/// fd 3, with `LISTEN_FDS=1` and `LISTEN_PID` set to the new process's own pid (a `/bin/sh`
+/// wrapper learns that pid and execs `program`). For running the proxy without systemd: the demo
+/// and the tests.
+pub fn socket_activated(
+    program: &std::path::Path,
+    listener: &UnixListener,
+) -> std::process::Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"")
+        .arg("sh")
+        .arg(program);
+    // SAFETY: only dup2/fcntl, which are async-signal-safe, run between fork and exec; they put
+    // the listener at fd 3 without close-on-exec, as systemd does.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// The proxy's state: config plus the start commands it has running.
 #[derive(Debug)]
 pub struct Proxy {

@@ -279,16 +279,9 @@ fn start_proxy_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> ProxyProc {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let listener = UnixListener::bind(run_dir.join(format!("{vm}-command.socket"))).unwrap();
-    let fd = listener.as_raw_fd();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"")
-        .arg("sh")
-        .arg(VMSILO)
-        .arg("proxy")
+    let mut cmd = vmsilo::proxy::socket_activated(Path::new(VMSILO), &listener);
+    cmd.arg("proxy")
         .arg("--config")
         .arg(config)
         .arg(vm)
@@ -296,20 +289,6 @@ fn start_proxy_env(
         .env("VMSILO_RUN_DIR", run_dir)
         .env("VMSILO_LOG", "info")
         .envs(env.iter().copied());
-    // SAFETY: dup2 and fcntl are async-signal-safe; it puts the listener at fd 3 (without close-on-exec)
-    // in the child, as systemd does.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let child = cmd.spawn().unwrap();
     drop(listener);
     ProxyProc(child)

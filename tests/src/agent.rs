@@ -3,9 +3,7 @@
 //! socket activation does, and describe a QEMU guest (from `shared/vmtest`) that runs the agent
 //! behind a vhost-user-vsock device served by vhost-device-vsock.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -129,14 +127,9 @@ pub fn start_proxy(
 ) -> ProxyProc {
     let listener = UnixListener::bind(run_dir.join(format!("{vm}-command.socket")))
         .expect("cannot bind the command socket");
-    let fd = listener.as_raw_fd();
     let log = std::fs::File::create(log).expect("cannot create the proxy log");
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"")
-        .arg("sh")
-        .arg(vmsilo)
-        .arg("proxy")
+    let mut cmd = vmsilo::proxy::socket_activated(vmsilo, &listener);
+    cmd.arg("proxy")
         .arg("--config")
         .arg(config)
         .arg(vm)
@@ -146,21 +139,6 @@ pub fn start_proxy(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    // SAFETY: dup2 and fcntl are async-signal-safe; they put the listener at fd 3 without
-    // close-on-exec in the child, as systemd does.
-    unsafe {
-        cmd.pre_exec(move || {
-            let rc = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let child = cmd.spawn().expect("cannot start vmsilo proxy");
     drop(listener);
     ProxyProc(child)

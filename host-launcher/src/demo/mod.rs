@@ -15,9 +15,7 @@ mod guest;
 mod prereq;
 
 use std::fmt::Write as _;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -315,13 +313,8 @@ fn start_proxy(
     let socket = paths.command_socket(vm);
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let fd = listener.as_raw_fd();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"")
-        .arg("sh")
-        .arg(&bins.vmsilo)
-        .arg("proxy")
+    let mut cmd = crate::proxy::socket_activated(&bins.vmsilo, &listener);
+    cmd.arg("proxy")
         .arg("--config")
         .arg(cfg)
         .arg(vm)
@@ -334,21 +327,6 @@ fn start_proxy(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?);
-    // SAFETY: only dup2/fcntl, which are async-signal-safe, run between fork and exec; they put
-    // the listener at fd 3 without close-on-exec, as systemd does.
-    unsafe {
-        cmd.pre_exec(move || {
-            let rc = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let child = cmd.spawn().context("cannot start vmsilo proxy")?;
     drop(listener);
     Ok(Guard {
