@@ -15,7 +15,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy -q --workspace --all-targets -- -D warnings
+cargo clippy -q --workspace --all-targets --all-features -- -D warnings
 
 echo "== unit and integration tier"
 cargo test -q --workspace
