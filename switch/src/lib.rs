@@ -10,3 +10,4 @@ pub mod forward;
 pub mod fq_codel;
 pub mod frame;
 pub mod peer;
+pub mod ring;
