@@ -40,6 +40,17 @@ pub enum DropReason {
 /// Number of [`DropReason`] variants.
 pub const DROP_REASONS: usize = 7;
 
+/// Every drop reason, in counter order.
+pub const ALL_DROP_REASONS: [DropReason; DROP_REASONS] = [
+    DropReason::Malformed,
+    DropReason::SpoofedMac,
+    DropReason::SpoofedIp,
+    DropReason::NoRoute,
+    DropReason::Hairpin,
+    DropReason::UnsupportedEtherType,
+    DropReason::LocalControl,
+];
+
 impl DropReason {
     /// Stable names for logs and counters.
     pub fn name(self) -> &'static str {
@@ -326,6 +337,11 @@ impl Forwarder {
             if (133..=137).contains(&t) || dst.is_multicast() {
                 return self.drop(DropReason::LocalControl);
             }
+        }
+        if link_local(src) || src.is_unspecified() {
+            // Legitimate on the link (MLD behind a hop-by-hop header, mDNS, ...) but never
+            // forwarded.
+            return self.drop(DropReason::LocalControl);
         }
         if !self.me.owns_source(IpAddr::V6(src)) {
             return self.drop(DropReason::SpoofedIp);

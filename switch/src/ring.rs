@@ -93,6 +93,9 @@ struct Mapping {
 // SAFETY: the mapping is plain shared memory; all cross-thread access goes through atomics or
 // copies guarded by the head/tail protocol.
 unsafe impl Send for Mapping {}
+// SAFETY: shared references only reach the header atomics; data-area copies need `&mut` on the
+// owning Producer/Consumer.
+unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn map(fd: &OwnedFd, len: usize) -> Result<Mapping, RingError> {
