@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 use crate::args::SeccompMode;
 
@@ -89,6 +92,10 @@ fn common() -> Vec<i64> {
         libc::SYS_restart_syscall,
         libc::SYS_exit,
         libc::SYS_exit_group,
+        // Threads started just before the filter finish their start-up under it.
+        libc::SYS_sched_getaffinity,
+        libc::SYS_rseq,
+        libc::SYS_set_robust_list,
         // Panics abort via tgkill(SIGABRT).
         libc::SYS_tgkill,
     ]
@@ -100,15 +107,15 @@ fn main_extra() -> Vec<i64> {
         // Forking children and threads inside them.
         libc::SYS_clone,
         libc::SYS_clone3,
-        libc::SYS_set_robust_list,
-        libc::SYS_rseq,
+        libc::SYS_set_tid_address,
+        libc::SYS_prlimit64,
+        libc::SYS_epoll_create1,
+        libc::SYS_pread64,
         libc::SYS_wait4,
         libc::SYS_waitid,
         libc::SYS_kill,
-        libc::SYS_prctl,
         libc::SYS_seccomp,
         libc::SYS_rt_sigaction,
-        libc::SYS_sched_getaffinity,
         libc::SYS_close_range,
         libc::SYS_signalfd4,
         libc::SYS_getppid,
@@ -119,6 +126,8 @@ fn main_extra() -> Vec<i64> {
         libc::SYS_listen,
         libc::SYS_accept,
         libc::SYS_accept4,
+        // The child's relay connects to its private abstract socket before locking down.
+        libc::SYS_connect,
         libc::SYS_getsockopt,
         libc::SYS_setsockopt,
         libc::SYS_getsockname,
@@ -152,8 +161,25 @@ pub fn build(role: Role, mode: SeccompMode) -> Result<Option<BpfProgram>, Sandbo
     if role == Role::Main {
         calls.extend(main_extra());
     }
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         calls.into_iter().map(|c| (c, Vec::new())).collect();
+    if role == Role::Main {
+        // Titles, PDEATHSIG, NO_NEW_PRIVS before a child's own filter.
+        rules.insert(libc::SYS_prctl, Vec::new());
+    } else {
+        // Thread names only (std names threads as they start).
+        let cond = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::PR_SET_NAME as u64,
+        )
+        .map_err(SandboxError::Build)?;
+        rules.insert(
+            libc::SYS_prctl,
+            vec![SeccompRule::new(vec![cond]).map_err(SandboxError::Build)?],
+        );
+    }
     let arch = if cfg!(target_arch = "aarch64") {
         TargetArch::aarch64
     } else {
