@@ -4,6 +4,8 @@
 //! that `cargo test --workspace` needs no root, QEMU or network. `.ci/run` always runs the `e2e`
 //! tier; a missing prerequisite there is a loud failure, never a silent skip.
 
+pub mod compositor;
+
 use std::path::{Path, PathBuf};
 
 /// The project's `shared/` directory, which sits beside the repository checkout.
