@@ -167,8 +167,17 @@ mod tests {
     #[test]
     fn flags_parse() {
         let a = Args::try_parse_from([
-            "vm-switch", "-n", "internal", "-d", "/tmp/x", "--seccomp-mode=trap",
-            "--fq-codel-target", "500us", "--buffer-size", "1m", "--no-sandbox",
+            "vm-switch",
+            "-n",
+            "internal",
+            "-d",
+            "/tmp/x",
+            "--seccomp-mode=trap",
+            "--fq-codel-target",
+            "500us",
+            "--buffer-size",
+            "1m",
+            "--no-sandbox",
         ])
         .unwrap();
         assert_eq!(a.name.as_deref(), Some("internal"));

@@ -16,9 +16,7 @@
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg,
-};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 
 use crate::peer::PeerConfig;
@@ -106,7 +104,12 @@ pub fn send(sock: BorrowedFd<'_>, msg: &Msg, fds: &[BorrowedFd<'_>]) -> Result<(
             Err(nix::Error::EPIPE) | Err(nix::Error::ECONNRESET) => {
                 return Err(ControlError::Closed);
             }
-            Err(source) => return Err(ControlError::Io { op: "sendmsg", source }),
+            Err(source) => {
+                return Err(ControlError::Io {
+                    op: "sendmsg",
+                    source,
+                });
+            }
         }
     }
 }
@@ -130,7 +133,10 @@ pub fn recv(sock: BorrowedFd<'_>) -> Result<(Msg, Vec<OwnedFd>), ControlError> {
         ) {
             Ok(r) => {
                 let mut fds = Vec::new();
-                for c in r.cmsgs().map_err(|source| ControlError::Io { op: "cmsgs", source })? {
+                for c in r.cmsgs().map_err(|source| ControlError::Io {
+                    op: "cmsgs",
+                    source,
+                })? {
                     if let ControlMessageOwned::ScmRights(list) = c {
                         for fd in list {
                             // SAFETY: the kernel just installed these descriptors for us.
@@ -143,7 +149,12 @@ pub fn recv(sock: BorrowedFd<'_>) -> Result<(Msg, Vec<OwnedFd>), ControlError> {
             Err(nix::Error::EINTR) => continue,
             Err(nix::Error::EAGAIN) => return Err(ControlError::WouldBlock),
             Err(nix::Error::ECONNRESET) => return Err(ControlError::Closed),
-            Err(source) => return Err(ControlError::Io { op: "recvmsg", source }),
+            Err(source) => {
+                return Err(ControlError::Io {
+                    op: "recvmsg",
+                    source,
+                });
+            }
         }
     };
     if n == 0 && fds.is_empty() {
@@ -196,10 +207,24 @@ mod tests {
         )
         .unwrap();
         let (mut consumer, fds) = crate::ring::create(4096).unwrap();
-        send_ring(a.as_fd(), &Msg::BufferReady { peer: "x".into(), generation: 7 }, &fds).unwrap();
+        send_ring(
+            a.as_fd(),
+            &Msg::BufferReady {
+                peer: "x".into(),
+                generation: 7,
+            },
+            &fds,
+        )
+        .unwrap();
         drop(fds);
         let (msg, got) = recv(b.as_fd()).unwrap();
-        assert_eq!(msg, Msg::BufferReady { peer: "x".into(), generation: 7 });
+        assert_eq!(
+            msg,
+            Msg::BufferReady {
+                peer: "x".into(),
+                generation: 7
+            }
+        );
         let mut p = crate::ring::Producer::attach(ring_fds(got).unwrap()).unwrap();
         assert!(p.push(&[b"hello"]).unwrap());
         let mut buf = Vec::new();
@@ -216,8 +241,9 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        let cfg = PeerConfig::from_json(Path::new("x"), r#"{"name":"x","mac":"02:00:00:00:00:01"}"#)
-            .unwrap();
+        let cfg =
+            PeerConfig::from_json(Path::new("x"), r#"{"name":"x","mac":"02:00:00:00:00:01"}"#)
+                .unwrap();
         send(a.as_fd(), &Msg::PutBuffer { peer: cfg }, &[]).unwrap();
         assert!(matches!(recv(b.as_fd()), Err(ControlError::Malformed(_))));
         nix::unistd::write(&a, b"{not json").unwrap();

@@ -154,12 +154,7 @@ impl Datapath {
     }
 
     /// Apply one control message from main; may answer on `ctl`. Returns epoll changes.
-    pub fn handle_ctl(
-        &mut self,
-        ctl: BorrowedFd<'_>,
-        msg: Msg,
-        fds: Vec<OwnedFd>,
-    ) -> Vec<Reg> {
+    pub fn handle_ctl(&mut self, ctl: BorrowedFd<'_>, msg: Msg, fds: Vec<OwnedFd>) -> Vec<Reg> {
         match msg {
             Msg::GetBuffer { peer, generation } => {
                 let name = peer.name.clone();
@@ -450,7 +445,9 @@ impl Datapath {
 
     /// The data eventfd of an ingress ring, for tests that poll it.
     pub fn ingress_fd(&self, slot: PeerSlot) -> Option<RawFd> {
-        self.ingress.get(&slot).map(|i| i.cons.data_fd().as_raw_fd())
+        self.ingress
+            .get(&slot)
+            .map(|i| i.cons.data_fd().as_raw_fd())
     }
 
     /// The slot a peer name maps to.

@@ -154,7 +154,10 @@ impl Forwarder {
         let mut add = |cfg: &PeerConfig, owner: Option<PeerSlot>| {
             for a in &cfg.ipv4 {
                 routes.push(Route {
-                    net: Cidr { addr: a.addr, len: 32 },
+                    net: Cidr {
+                        addr: a.addr,
+                        len: 32,
+                    },
                     owner,
                 });
             }
@@ -269,11 +272,7 @@ impl Forwarder {
     fn is_v4_broadcast(&self, dst: Ipv4Addr) -> bool {
         dst.is_broadcast()
             || dst.is_multicast()
-            || self
-                .me
-                .ipv4
-                .iter()
-                .any(|c| c.broadcast_v4() == Some(dst))
+            || self.me.ipv4.iter().any(|c| c.broadcast_v4() == Some(dst))
     }
 
     fn classify_ipv4(&mut self, frame: &mut [u8]) -> Verdict {
@@ -470,7 +469,10 @@ mod tests {
         assert_eq!(&r[38..42], &[10, 1, 0, 1]);
         // Own address (DAD/gratuitous) is not answered.
         let mut own = arp_request(A_MAC, [0, 0, 0, 0], [10, 1, 0, 1]);
-        assert_eq!(f.classify(&mut own), Verdict::Drop(DropReason::LocalControl));
+        assert_eq!(
+            f.classify(&mut own),
+            Verdict::Drop(DropReason::LocalControl)
+        );
         // Spoofed sender IP is dropped and counted.
         let mut spoof = arp_request(A_MAC, [10, 1, 0, 2], [10, 1, 0, 254]);
         assert_eq!(f.classify(&mut spoof), Verdict::Drop(DropReason::SpoofedIp));
@@ -486,7 +488,11 @@ mod tests {
         let mut internet = ipv4(A_MAC, [10, 1, 0, 1], [8, 8, 8, 8], 1);
         assert_eq!(f.classify(&mut internet), Verdict::Unicast(2));
         let mut unknown_local = ipv4(A_MAC, [10, 1, 0, 1], [10, 1, 0, 77], 1);
-        assert_eq!(f.classify(&mut unknown_local), Verdict::Unicast(2), "default route");
+        assert_eq!(
+            f.classify(&mut unknown_local),
+            Verdict::Unicast(2),
+            "default route"
+        );
         f.remove_peer(2);
         let mut gone = ipv4(A_MAC, [10, 1, 0, 1], [8, 8, 8, 8], 1);
         assert_eq!(f.classify(&mut gone), Verdict::Drop(DropReason::NoRoute));
@@ -587,7 +593,10 @@ mod tests {
         let mut ok = ipv4([2, 0, 0, 0, 0, 0x0b], [10, 1, 0, 2], [10, 1, 0, 1], 1);
         ok[0..6].copy_from_slice(&A_MAC);
         assert!(f.accept_ingress(1, &ok));
-        assert!(!f.accept_ingress(2, &ok), "claims b's MAC on the router's ring");
+        assert!(
+            !f.accept_ingress(2, &ok),
+            "claims b's MAC on the router's ring"
+        );
         assert!(!f.accept_ingress(9, &ok));
     }
 

@@ -382,8 +382,14 @@ mod tests {
             }
         }
         let st = q.stats();
-        assert!(st.codel_drops > 150, "CoDel must shed the standing queue: {st:?}");
-        assert_eq!(st.overlimit_drops, 0, "limit not reached: CoDel did the work");
+        assert!(
+            st.codel_drops > 150,
+            "CoDel must shed the standing queue: {st:?}"
+        );
+        assert_eq!(
+            st.overlimit_drops, 0,
+            "limit not reached: CoDel did the work"
+        );
         // After CoDel converges, sojourn stays near the target instead of growing to seconds.
         let tail = &sojourns[sojourns.len() - 500..];
         let max_tail = *tail.iter().max().unwrap();
@@ -420,7 +426,11 @@ mod tests {
         }
         q.enqueue(2, pkt(2, 0, 100));
         // The sparse flow is new and goes first.
-        assert_eq!(q.dequeue().unwrap()[0], 2, "sparse frame jumps the bulk queue");
+        assert_eq!(
+            q.dequeue().unwrap()[0],
+            2,
+            "sparse frame jumps the bulk queue"
+        );
 
         // Two bulk flows share bandwidth equally by bytes.
         let mut q = FqCodel::new(Params::default(), clock.clone());

@@ -107,6 +107,10 @@ pub fn run(args: Args) -> Result<(), RunError> {
         buffer_size: args.buffer_size,
         seccomp: args.seccomp_mode,
     };
+    std::fs::create_dir_all(&settings.dir).map_err(|e| RunError::Flag {
+        flag: "--config-dir",
+        message: format!("cannot create {}: {e}", settings.dir.display()),
+    })?;
     let settings = if args.no_sandbox {
         settings
     } else {

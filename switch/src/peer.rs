@@ -96,12 +96,16 @@ impl FromStr for MacAddr {
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"));
+            return Err(format!(
+                "{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"
+            ));
         }
         let mut out = [0u8; 6];
         for (slot, part) in out.iter_mut().zip(parts) {
             if part.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"));
+                return Err(format!(
+                    "{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"
+                ));
             }
             *slot = u8::from_str_radix(part, 16)
                 .map_err(|_| format!("{s:?} is not a MAC address (bad hex {part:?})"))?;
@@ -378,7 +382,10 @@ mod tests {
         assert_eq!(c.ipv4[0].to_string(), "10.1.0.1/24");
         assert_eq!(c.ipv6[0].len, 64);
         assert!(c.owns_source("10.1.0.1".parse().unwrap()));
-        assert!(c.owns_source("8.8.8.8".parse().unwrap()), "route 0/0 makes it a router");
+        assert!(
+            c.owns_source("8.8.8.8".parse().unwrap()),
+            "route 0/0 makes it a router"
+        );
         assert!(!c.owns_source("fd00::2".parse().unwrap()));
     }
 
@@ -404,21 +411,33 @@ mod tests {
         let e = PeerConfig::from_json(p(), r#"{"name":"other","mac":"52:54:00:12:34:56"}"#)
             .unwrap_err();
         assert!(matches!(e, PeerFileError::Field { ref field, .. } if field == "name"));
-        let e = PeerConfig::from_json(p(), r#"{"name":"banking","mac":"52:54:00:12:34:56","ipv6":["10.0.0.1/8"]}"#)
-            .unwrap_err();
+        let e = PeerConfig::from_json(
+            p(),
+            r#"{"name":"banking","mac":"52:54:00:12:34:56","ipv6":["10.0.0.1/8"]}"#,
+        )
+        .unwrap_err();
         assert!(matches!(e, PeerFileError::Field { ref field, .. } if field == "ipv6[0]"));
-        let e = PeerConfig::from_json(p(), r#"{"name":"banking","mac":"52:54:00:12:34:56","routes":["10.0.0.0/33"]}"#)
-            .unwrap_err();
+        let e = PeerConfig::from_json(
+            p(),
+            r#"{"name":"banking","mac":"52:54:00:12:34:56","routes":["10.0.0.0/33"]}"#,
+        )
+        .unwrap_err();
         assert!(matches!(e, PeerFileError::Field { ref field, .. } if field == "routes[0]"));
-        let e = PeerConfig::from_json(p(), r#"{"name":"banking","mac":"52:54:00:12:34:56","recieveBroadcast":true}"#)
-            .unwrap_err();
+        let e = PeerConfig::from_json(
+            p(),
+            r#"{"name":"banking","mac":"52:54:00:12:34:56","recieveBroadcast":true}"#,
+        )
+        .unwrap_err();
         assert!(matches!(e, PeerFileError::Syntax { .. }));
         assert!(e.to_string().contains("recieveBroadcast"));
     }
 
     #[test]
     fn stem_helper() {
-        assert_eq!(peer_name_from_path(Path::new("/x/a-b.json")).as_deref(), Some("a-b"));
+        assert_eq!(
+            peer_name_from_path(Path::new("/x/a-b.json")).as_deref(),
+            Some("a-b")
+        );
         assert_eq!(peer_name_from_path(Path::new("/x/.a.json.tmp")), None);
         assert_eq!(peer_name_from_path(Path::new("/x/a.sock")), None);
     }

@@ -140,7 +140,12 @@ pub fn spawn(
                 if req == REQ_SET_VRING_ENABLE && !features_set {
                     tracing::debug!("relay: early SET_VRING_ENABLE held until SET_FEATURES");
                     if m.bytes.len() >= HDR + 8 {
-                        let index = u32::from_le_bytes([m.bytes[12], m.bytes[13], m.bytes[14], m.bytes[15]]);
+                        let index = u32::from_le_bytes([
+                            m.bytes[12],
+                            m.bytes[13],
+                            m.bytes[14],
+                            m.bytes[15],
+                        ]);
                         pending.insert(index, m.bytes[HDR..HDR + 8].to_vec());
                     }
                     if flags & FLAG_NEED_REPLY != 0 {
@@ -170,7 +175,10 @@ pub fn spawn(
                         bytes.extend_from_slice(&FLAG_VERSION.to_le_bytes());
                         bytes.extend_from_slice(&8u32.to_le_bytes());
                         bytes.extend_from_slice(&body);
-                        let msg = Message { bytes, fds: Vec::new() };
+                        let msg = Message {
+                            bytes,
+                            fds: Vec::new(),
+                        };
                         failed |= write_message(&backend, &msg).is_err();
                     }
                     if failed {

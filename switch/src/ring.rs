@@ -227,7 +227,8 @@ pub fn create(capacity: usize) -> Result<(Consumer, RingFds), RingError> {
     }
     let map = Mapping::map(&memfd, len)?;
     map.u64_at(OFF_MAGIC).store(MAGIC, Ordering::Relaxed);
-    map.u64_at(OFF_CAP).store(capacity as u64, Ordering::Relaxed);
+    map.u64_at(OFF_CAP)
+        .store(capacity as u64, Ordering::Relaxed);
     map.u64_at(OFF_HEAD).store(0, Ordering::Relaxed);
     map.u64_at(OFF_TAIL).store(0, Ordering::Relaxed);
     map.u32_at(OFF_WANT_SPACE).store(0, Ordering::Release);
@@ -350,7 +351,9 @@ impl Producer {
             }
         }
         self.head += need;
-        self.map.u64_at(OFF_HEAD).store(self.head, Ordering::Release);
+        self.map
+            .u64_at(OFF_HEAD)
+            .store(self.head, Ordering::Release);
         Ok(true)
     }
 
@@ -434,7 +437,9 @@ impl Consumer {
                 )
             };
             self.tail += need;
-            self.map.u64_at(OFF_TAIL).store(self.tail, Ordering::Release);
+            self.map
+                .u64_at(OFF_TAIL)
+                .store(self.tail, Ordering::Release);
             return Ok(true);
         }
     }

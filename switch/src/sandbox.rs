@@ -199,14 +199,176 @@ pub fn apply_seccomp(role: Role, mode: SeccompMode) -> Result<(), SandboxError> 
     Ok(())
 }
 
-/// Enter the namespace sandbox. Not implemented yet: refuse rather than run unsandboxed
-/// silently.
+fn ns_err(step: impl Into<String>) -> impl FnOnce(nix::Error) -> SandboxError {
+    let step = step.into();
+    move |e| SandboxError::Namespace {
+        step,
+        source: std::io::Error::from(e),
+    }
+}
+
+fn io_err(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let step = step.into();
+    move |source| SandboxError::Namespace { step, source }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Enter the namespace sandbox, before any thread exists:
+///
+/// 1. `unshare` user (uid/gid 0 inside mapped to the caller), mount, PID, IPC and network
+///    namespaces;
+/// 2. fork: the original process stays outside the new PID namespace, forwards SIGTERM/SIGINT
+///    and exits with the sandboxed process's status; the child is PID 1 and continues;
+/// 3. build a tmpfs root with `/config` (the config directory, bind-mounted read-write),
+///    `/dev/{null,zero,urandom}`, a fresh `/proc` and `/tmp`, then `pivot_root` into it and
+///    detach the old root.
+///
+/// Returns the settings rewritten for the new root (`dir` = `/config`). Only the sandboxed PID 1
+/// returns; the outer process never does.
 pub fn enter(
-    settings: crate::supervisor::Settings,
+    mut settings: crate::supervisor::Settings,
 ) -> Result<crate::supervisor::Settings, SandboxError> {
-    let _ = settings;
-    Err(SandboxError::Namespace {
-        step: "namespace sandbox is not implemented yet; run with --no-sandbox".into(),
-        source: std::io::Error::from(std::io::ErrorKind::Unsupported),
-    })
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use nix::sched::{CloneFlags, unshare};
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::unistd::{ForkResult, fork, getgid, getuid, pivot_root};
+    use std::os::fd::AsRawFd;
+
+    let uid = getuid();
+    let gid = getgid();
+    let dir = settings.dir.clone();
+    if !dir.is_dir() {
+        return Err(SandboxError::Namespace {
+            step: format!("config dir {}", dir.display()),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    unshare(
+        CloneFlags::CLONE_NEWUSER
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET,
+    )
+    .map_err(ns_err("unshare(user, mount, pid, ipc, net namespaces)"))?;
+    std::fs::write("/proc/self/setgroups", "deny").map_err(io_err("write setgroups"))?;
+    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1\n"))
+        .map_err(io_err("write uid_map"))?;
+    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1\n"))
+        .map_err(io_err("write gid_map"))?;
+
+    let mut fwd = SigSet::empty();
+    fwd.add(Signal::SIGTERM);
+    fwd.add(Signal::SIGINT);
+    fwd.add(Signal::SIGHUP);
+    fwd.add(Signal::SIGCHLD);
+    fwd.thread_block().map_err(ns_err("block signals"))?;
+    // SAFETY: single-threaded at this point (called before any thread is started).
+    match unsafe { fork() }.map_err(ns_err("fork into the PID namespace"))? {
+        ForkResult::Parent { child } => {
+            // Outside the PID namespace: relay termination signals, mirror the exit status.
+            loop {
+                let sig = fwd.wait().unwrap_or(Signal::SIGCHLD);
+                if sig == Signal::SIGCHLD {
+                    match nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                    {
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => std::process::exit(code),
+                        Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => {
+                            std::process::exit(128 + s as i32)
+                        }
+                        _ => continue,
+                    }
+                }
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+        }
+        ForkResult::Child => {}
+    }
+    // PID 1 of the new namespace. Die with the outer process.
+    // SAFETY: plain prctl call.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // PID 1 only receives signals it has a handler for: install no-op handlers so the
+    // supervisor's signalfd still sees SIGTERM/SIGINT forwarded from outside.
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let act = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(ignore_signal),
+            nix::sys::signal::SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: installing a handler that does nothing; no state is touched.
+        unsafe { nix::sys::signal::sigaction(sig, &act) }.map_err(ns_err("sigaction"))?;
+    }
+    fwd.thread_unblock().map_err(ns_err("unblock signals"))?;
+
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(ns_err("make / private"))?;
+    // Keep a handle on the config directory (opened in this mount namespace): its path may be
+    // hidden by the new root.
+    let dir_fd =
+        std::fs::File::open(&dir).map_err(io_err(format!("open config dir {}", dir.display())))?;
+    // The new root is a tmpfs mounted over /tmp of this (private) mount namespace.
+    let root = std::path::Path::new("/tmp");
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=16m,mode=0755"),
+    )
+    .map_err(ns_err("mount tmpfs root"))?;
+    for d in ["config", "dev", "proc", "tmp", ".old"] {
+        std::fs::create_dir(root.join(d)).map_err(io_err(format!("mkdir /{d}")))?;
+    }
+    let src = format!("/proc/self/fd/{}", dir_fd.as_raw_fd());
+    mount(
+        Some(src.as_str()),
+        &root.join("config"),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(ns_err("bind-mount the config directory"))?;
+    drop(dir_fd);
+    for dev in ["null", "zero", "urandom"] {
+        let target = root.join("dev").join(dev);
+        std::fs::File::create(&target).map_err(io_err(format!("create /dev/{dev}")))?;
+        mount(
+            Some(format!("/dev/{dev}").as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(ns_err(format!("bind-mount /dev/{dev}")))?;
+    }
+    mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(ns_err("mount /proc"))?;
+    mount(
+        Some("tmpfs"),
+        &root.join("tmp"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=1m,mode=1777"),
+    )
+    .map_err(ns_err("mount /tmp"))?;
+    pivot_root(root, &root.join(".old")).map_err(ns_err("pivot_root"))?;
+    std::env::set_current_dir("/").map_err(io_err("chdir /"))?;
+    umount2("/.old", MntFlags::MNT_DETACH).map_err(ns_err("detach the old root"))?;
+    std::fs::remove_dir("/.old").map_err(io_err("rmdir /.old"))?;
+    settings.dir = std::path::PathBuf::from("/config");
+    tracing::info!("sandbox entered: namespaces, pivot_root");
+    Ok(settings)
 }

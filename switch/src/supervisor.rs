@@ -166,7 +166,8 @@ impl Supervisor {
             if pfds[0].revents != 0 {
                 let mut stop = false;
                 while let Ok(Some(si)) = sfd.read_signal() {
-                    if si.ssi_signo == Signal::SIGTERM as u32 || si.ssi_signo == Signal::SIGINT as u32
+                    if si.ssi_signo == Signal::SIGTERM as u32
+                        || si.ssi_signo == Signal::SIGINT as u32
                     {
                         stop = true;
                     }
@@ -360,13 +361,7 @@ impl Supervisor {
         // SAFETY: main is single-threaded, so the child may run arbitrary code after fork.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                let keep = [
-                    0,
-                    1,
-                    2,
-                    p.listener.as_raw_fd(),
-                    child_end.as_raw_fd(),
-                ];
+                let keep = [0, 1, 2, p.listener.as_raw_fd(), child_end.as_raw_fd()];
                 close_all_except(&keep);
                 // SAFETY: plain prctl; kill this child if main dies so no orphan keeps serving.
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -538,12 +533,7 @@ impl Supervisor {
                         };
                         p.restart_at = Some(Instant::now() + delay);
                     }
-                    self.broadcast_except(
-                        &name,
-                        &Msg::RemovePeer {
-                            peer: name.clone(),
-                        },
-                    );
+                    self.broadcast_except(&name, &Msg::RemovePeer { peer: name.clone() });
                 }
             }
         }

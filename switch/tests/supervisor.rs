@@ -121,7 +121,11 @@ fn peers_come_and_go_with_their_files() {
         .0;
 
     // An invalid file is reported with its path and field, and does not disturb others.
-    write_peer(&dir, "gamma", r#"{"name":"gamma","mac":"52:54:00:00:00:03","ipv4":["10.9.0.300/24"]}"#);
+    write_peer(
+        &dir,
+        "gamma",
+        r#"{"name":"gamma","mac":"52:54:00:00:00:03","ipv4":["10.9.0.300/24"]}"#,
+    );
     wait_for("error naming the file and field", || {
         let log = sw.log();
         log.contains("gamma.json") && log.contains("ipv4[0]")
@@ -139,7 +143,11 @@ fn peers_come_and_go_with_their_files() {
     std::fs::remove_file(dir.join("beta.json")).unwrap();
     wait_for("beta.sock removed", || !dir.join("beta.sock").exists());
     wait_for("one child left", || sw.children().len() == 1);
-    assert_eq!(sw.children()[0].0, alpha_pid, "alpha's child was not restarted");
+    assert_eq!(
+        sw.children()[0].0,
+        alpha_pid,
+        "alpha's child was not restarted"
+    );
     assert!(dir.join("alpha.sock").exists());
 }
 
@@ -172,16 +180,134 @@ fn a_killed_child_is_forked_again_and_sigterm_cleans_up() {
     .unwrap();
     let status = sw.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(!dir.join("alpha.sock").exists(), "socket removed on shutdown");
+    assert!(
+        !dir.join("alpha.sock").exists(),
+        "socket removed on shutdown"
+    );
 }
 
 #[test]
 fn bad_flags_are_rejected_with_the_flag_named() {
     let out = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
-        .args(["--buffer-size", "300000", "--no-sandbox", "-d", "/nonexistent-vm-switch"])
+        .args([
+            "--buffer-size",
+            "300000",
+            "--no-sandbox",
+            "-d",
+            "/nonexistent-vm-switch",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--buffer-size"), "{err}");
+}
+
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        all.push((
+            p,
+            ppid,
+            String::from_utf8_lossy(&cmd)
+                .trim_end_matches('\0')
+                .to_string(),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (p, pp, t) in &all {
+            if *pp == parent {
+                out.push((*p, t.clone()));
+                frontier.push(*p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_sandbox_isolates_main_and_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    write_peer(
+        &dir,
+        "alpha",
+        r#"{"name":"alpha","mac":"52:54:00:00:00:01","ipv4":["10.9.0.1/24"]}"#,
+    );
+    let log = tmp.path().join("sb.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
+        .args(["--name", "sbnet", "--log-level", "info", "--config-dir"])
+        .arg(&dir)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let worker = loop {
+        if let Some(w) = descendants(child.id())
+            .into_iter()
+            .find(|(_, t)| t == "vm-switch(sbnet): alpha")
+        {
+            break w.0;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no sandboxed worker; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait_for("alpha.sock in the host directory", || {
+        dir.join("alpha.sock").exists()
+    });
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    for kind in ["net", "pid", "mnt", "ipc", "user"] {
+        assert_ne!(
+            ns("self", kind),
+            ns(&worker.to_string(), kind),
+            "worker shares the {kind} namespace"
+        );
+    }
+    // The worker's root is the tmpfs with only /config, /dev, /proc, /tmp.
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{worker}/root"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["config", "dev", "proc", "tmp"]);
+    // Seccomp is on in the worker (mode 2 = filter).
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
+        "{status}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    assert!(
+        st.success(),
+        "{st:?}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!dir.join("alpha.sock").exists());
 }
