@@ -13,13 +13,19 @@ use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{QueueT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::control::{self, ControlError};
+use crate::offload::{self, Adapted, Offloads};
 use crate::datapath::{self, Datapath, Delivery, EV_CTL, MAX_FRAME, Reg, VNET_HDR};
 
 /// Largest queue size accepted (the virtio maximum for split queues).
@@ -43,7 +49,14 @@ pub struct GuestErrors {
     pub bad_lengths: u64,
     /// RX chains too small for the frame.
     pub small_rx_buffers: u64,
+    /// TX frames whose virtio-net header asked for offloads not negotiated or made no sense.
+    pub bad_offload_headers: u64,
+    /// Frames from peers dropped because they could not be adapted for this guest.
+    pub unadaptable: u64,
 }
+
+/// Most frames queued for our guest after software segmentation of one super-frame.
+const MAX_BACKLOG: usize = 128;
 
 /// One VM's vhost-user-net device.
 pub struct NetBackend {
@@ -54,10 +67,15 @@ pub struct NetBackend {
     acked: u64,
     handler: Option<Arc<Handler>>,
     scratch: Vec<u8>,
+    offloads: Offloads,
+    mrg_rxbuf: bool,
+    backlog: std::collections::VecDeque<Vec<u8>>,
     /// Hostile-guest counters.
     pub guest_errors: GuestErrors,
     /// Set when the control socket closed: main is gone.
     pub orphaned: bool,
+    /// Test hook (see [`crate::child::SECCOMP_PROBE_ENV`]).
+    pub seccomp_probe: bool,
 }
 
 impl NetBackend {
@@ -71,8 +89,12 @@ impl NetBackend {
             acked: 0,
             handler: None,
             scratch: Vec::with_capacity(2048),
+            offloads: Offloads::default(),
+            mrg_rxbuf: false,
+            backlog: std::collections::VecDeque::new(),
             guest_errors: GuestErrors::default(),
             orphaned: false,
+            seccomp_probe: false,
         }
     }
 
@@ -138,6 +160,16 @@ impl NetBackend {
                 };
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
+                if self.seccomp_probe {
+                    tracing::warn!("seccomp probe: calling socket(), which children may not");
+                    // SAFETY: a plain socket() call; under the child filter it never returns.
+                    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+                    if fd >= 0 {
+                        // SAFETY: closing the descriptor we just got (seccomp was off).
+                        unsafe { libc::close(fd) };
+                    }
+                    self.seccomp_probe = false;
+                }
                 match Reader::new(&*mem, chain) {
                     Ok(mut r) => {
                         let n = r.available_bytes();
@@ -146,10 +178,13 @@ impl NetBackend {
                         } else {
                             self.scratch.resize(n, 0);
                             if r.read_exact(&mut self.scratch).is_ok() {
-                                // No offloads are negotiated: whatever the guest put in the
-                                // header must not reach another guest.
-                                self.scratch[..VNET_HDR].fill(0);
-                                self.dp.from_guest(&mut self.scratch);
+                                // Only offloads this guest negotiated, with sane offsets, may
+                                // reach another guest.
+                                if offload::validate(&mut self.scratch, self.offloads) {
+                                    self.dp.from_guest(&mut self.scratch);
+                                } else {
+                                    self.guest_errors.bad_offload_headers += 1;
+                                }
                             } else {
                                 self.guest_errors.bad_chains += 1;
                             }
@@ -181,45 +216,63 @@ impl NetBackend {
             return;
         }
         let mut used_any = false;
-        let errors = &mut self.guest_errors;
+        let neg = self.offloads;
+        let mrg = self.mrg_rxbuf;
         loop {
             let mut ran_out = false;
-            let mut sink = |frame: &mut [u8]| -> Delivery {
-                let chain = {
-                    let mut st = rxq.get_mut();
-                    st.get_queue_mut().pop_descriptor_chain(mem.clone())
-                };
-                let Some(chain) = chain else {
-                    ran_out = true;
-                    return Delivery::NoBuffer;
-                };
-                let head = chain.head_index();
-                used_any = true;
-                let mut w = match Writer::new(&*mem, chain) {
-                    Ok(w) => w,
-                    Err(_) => {
-                        errors.bad_chains += 1;
-                        let _ = rxq.add_used(head, 0);
-                        return Delivery::Dropped;
+            // Segments left over from an earlier super-frame go first.
+            while let Some(mut f) = self.backlog.pop_front() {
+                match write_frame(rxq, &mem, &mut f, mrg, &mut self.guest_errors) {
+                    Delivery::NoBuffer => {
+                        self.backlog.push_front(f);
+                        ran_out = true;
+                        break;
+                    }
+                    _ => used_any = true,
+                }
+            }
+            if !ran_out {
+                let errors = &mut self.guest_errors;
+                let backlog = &mut self.backlog;
+                let mut sink = |frame: &mut [u8]| -> Delivery {
+                    if !backlog.is_empty() {
+                        ran_out = true;
+                        return Delivery::NoBuffer;
+                    }
+                    match offload::adapt_in_place(frame, neg) {
+                        Adapted::AsIs => {
+                            let d = write_frame(rxq, &mem, frame, mrg, errors);
+                            match d {
+                                Delivery::NoBuffer => ran_out = true,
+                                _ => used_any = true,
+                            }
+                            d
+                        }
+                        Adapted::Drop => {
+                            errors.unadaptable += 1;
+                            Delivery::Dropped
+                        }
+                        Adapted::Segments(segs) => {
+                            // The frame is consumed; segments that do not fit wait here.
+                            for mut seg in segs {
+                                if backlog.is_empty() {
+                                    match write_frame(rxq, &mem, &mut seg, mrg, errors) {
+                                        Delivery::NoBuffer => {
+                                            ran_out = true;
+                                            backlog.push_back(seg);
+                                        }
+                                        _ => used_any = true,
+                                    }
+                                } else if backlog.len() < MAX_BACKLOG {
+                                    backlog.push_back(seg);
+                                }
+                            }
+                            Delivery::Delivered
+                        }
                     }
                 };
-                if w.available_bytes() < frame.len() {
-                    errors.small_rx_buffers += 1;
-                    let _ = rxq.add_used(head, 0);
-                    return Delivery::Dropped;
-                }
-                // num_buffers = 1 (little-endian), the last field of virtio_net_hdr_v1.
-                frame[10] = 1;
-                frame[11] = 0;
-                if w.write_all(frame).is_err() {
-                    errors.bad_chains += 1;
-                    let _ = rxq.add_used(head, 0);
-                    return Delivery::Dropped;
-                }
-                let _ = rxq.add_used(head, frame.len() as u32);
-                Delivery::Delivered
-            };
-            self.dp.to_guest(&mut sink);
+                self.dp.to_guest(&mut sink);
+            }
             // Ask for a kick when buffers are added; if some arrived meanwhile, go again.
             let more = rxq.enable_notification().unwrap_or(false);
             if !(ran_out && more) {
@@ -230,6 +283,75 @@ impl NetBackend {
             let _ = rxq.signal_used_queue();
         }
     }
+}
+
+/// Write one frame (virtio-net header included) into the guest's RX queue, across several
+/// buffers when mergeable RX buffers were negotiated.
+fn write_frame(
+    rxq: &VringRwLock,
+    mem: &vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
+    frame: &mut [u8],
+    mrg: bool,
+    errors: &mut GuestErrors,
+) -> Delivery {
+    let mut chains: Vec<(u16, Writer<'_>)> = Vec::new();
+    let mut cap = 0usize;
+    let mut bad = false;
+    while cap < frame.len() {
+        let chain = {
+            let mut st = rxq.get_mut();
+            st.get_queue_mut().pop_descriptor_chain(mem.clone())
+        };
+        let Some(chain) = chain else {
+            // Not enough buffers yet: give back what we took and wait for more.
+            let n = chains.len() as u16;
+            if !bad {
+                let mut st = rxq.get_mut();
+                let q = st.get_queue_mut();
+                let next = q.next_avail().wrapping_sub(n);
+                q.set_next_avail(next);
+                return Delivery::NoBuffer;
+            }
+            break;
+        };
+        let head = chain.head_index();
+        match Writer::new(&**mem, chain) {
+            Ok(w) => {
+                cap += w.available_bytes();
+                chains.push((head, w));
+            }
+            Err(_) => {
+                errors.bad_chains += 1;
+                bad = true;
+                let _ = rxq.add_used(head, 0);
+            }
+        }
+        if !mrg {
+            break;
+        }
+    }
+    if bad || cap < frame.len() || chains.is_empty() {
+        if !bad {
+            errors.small_rx_buffers += 1;
+        }
+        for (head, _) in chains {
+            let _ = rxq.add_used(head, 0);
+        }
+        return Delivery::Dropped;
+    }
+    let nbuf = chains.len() as u16;
+    frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
+    let mut off = 0;
+    for (head, mut w) in chains {
+        let n = w.available_bytes().min(frame.len() - off);
+        let ok = w.write_all(&frame[off..off + n]).is_ok();
+        if !ok {
+            errors.bad_chains += 1;
+        }
+        let _ = rxq.add_used(head, if ok { n as u32 } else { 0 });
+        off += n;
+    }
+    Delivery::Delivered
 }
 
 impl VhostUserBackendMut for NetBackend {
@@ -246,6 +368,15 @@ impl VhostUserBackendMut for NetBackend {
 
     fn features(&self) -> u64 {
         1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_NET_F_CSUM
+            | 1 << VIRTIO_NET_F_GUEST_CSUM
+            | 1 << VIRTIO_NET_F_HOST_TSO4
+            | 1 << VIRTIO_NET_F_HOST_TSO6
+            | 1 << VIRTIO_NET_F_HOST_ECN
+            | 1 << VIRTIO_NET_F_GUEST_TSO4
+            | 1 << VIRTIO_NET_F_GUEST_TSO6
+            | 1 << VIRTIO_NET_F_GUEST_ECN
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_NET_F_MAC
             | 1 << VIRTIO_NET_F_STATUS
             | 1 << VIRTIO_RING_F_EVENT_IDX
@@ -255,6 +386,18 @@ impl VhostUserBackendMut for NetBackend {
 
     fn acked_features(&mut self, features: u64) {
         self.acked = features;
+        let has = |bit: u32| features & (1 << bit) != 0;
+        self.offloads = Offloads {
+            tx_csum: has(VIRTIO_NET_F_CSUM),
+            tx_tso4: has(VIRTIO_NET_F_HOST_TSO4),
+            tx_tso6: has(VIRTIO_NET_F_HOST_TSO6),
+            tx_ecn: has(VIRTIO_NET_F_HOST_ECN),
+            rx_csum: has(VIRTIO_NET_F_GUEST_CSUM),
+            rx_tso4: has(VIRTIO_NET_F_GUEST_TSO4),
+            rx_tso6: has(VIRTIO_NET_F_GUEST_TSO6),
+            rx_ecn: has(VIRTIO_NET_F_GUEST_ECN),
+        };
+        self.mrg_rxbuf = has(VIRTIO_NET_F_MRG_RXBUF);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

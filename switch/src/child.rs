@@ -51,7 +51,14 @@ pub struct ChildSpec {
     pub buffer_size: usize,
     /// Seccomp mode for the child filter.
     pub seccomp: SeccompMode,
+    /// How many children were forked for this peer before this one.
+    pub incarnation: u32,
 }
+
+/// Test hook: `VM_SWITCH_TEST_SECCOMP_PROBE=<vm>` makes the first child of `<vm>` attempt a
+/// forbidden `socket()` call on its first frame from the guest, so tests can prove that the
+/// seccomp policy kills only that child and that main brings the peer back.
+pub const SECCOMP_PROBE_ENV: &str = "VM_SWITCH_TEST_SECCOMP_PROBE";
 
 /// Serve one vhost-user connection for `spec.me`, then return.
 pub fn run(spec: ChildSpec) -> Result<(), ChildError> {
@@ -61,8 +68,12 @@ pub fn run(spec: ChildSpec) -> Result<(), ChildError> {
         message: e.to_string(),
     };
     let ctl_fd = spec.ctl.as_raw_fd();
+    let probe = spec.incarnation == 0
+        && std::env::var(SECCOMP_PROBE_ENV).is_ok_and(|v| v == spec.me.name);
     let dp = Datapath::new(spec.me.clone(), spec.params, spec.buffer_size);
-    let backend = Arc::new(Mutex::new(NetBackend::new(dp, spec.ctl)));
+    let mut nb = NetBackend::new(dp, spec.ctl);
+    nb.seccomp_probe = probe;
+    let backend = Arc::new(Mutex::new(nb));
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new(format!("vm-switch-{vm}"), backend.clone(), mem)
         .map_err(daemon_err)?;
@@ -127,5 +138,8 @@ pub fn run(spec: ChildSpec) -> Result<(), ChildError> {
             "session counters"
         );
     }
+    // The worker threads never stop on their own (no exit event): leave them to process exit
+    // instead of joining them in the daemon's destructor.
+    std::mem::forget(daemon);
     Ok(())
 }

@@ -17,8 +17,9 @@ use crate::ring::{self, Consumer, Producer};
 
 /// Size of `virtio_net_hdr_v1` (VIRTIO_F_VERSION_1 makes `num_buffers` always present).
 pub const VNET_HDR: usize = 12;
-/// Largest frame accepted from a guest (64 KiB GSO frame plus Ethernet and vnet headers).
-pub const MAX_FRAME: usize = 65_550 + VNET_HDR;
+/// Largest frame accepted from a guest (64 KiB GSO frame plus Ethernet and vnet headers); the
+/// same bound as a ring record.
+pub const MAX_FRAME: usize = crate::ring::MAX_RECORD;
 /// Maximum replies (proxy ARP/ND) waiting for our guest's RX buffers.
 const MAX_REPLIES: usize = 64;
 /// Highest slot number; event ids are derived from slots and must fit in u16.

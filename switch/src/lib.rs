@@ -11,6 +11,7 @@
 //! - [`forward`]: the pure forwarding core (source validation, proxy ARP/ND, longest-prefix
 //!   routing, broadcast to receiving peers);
 //! - [`fq_codel`]: per-destination FQ-CoDel (RFC 8290) over an abstract clock;
+//! - [`offload`]: checksum/TSO pass-through between guests, software fallback;
 //! - [`ring`]: the SPSC frame ring in a sealed memfd with eventfd doorbells (layout there);
 //! - [`control`]: the main↔child control channel and the buffer-exchange protocol;
 //! - [`datapath`]: one child's switching state, independent of vhost-user;
@@ -29,6 +30,7 @@ pub mod datapath;
 pub mod forward;
 pub mod fq_codel;
 pub mod frame;
+pub mod offload;
 pub mod peer;
 pub mod relay;
 pub mod ring;

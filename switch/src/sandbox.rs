@@ -167,6 +167,8 @@ pub fn build(role: Role, mode: SeccompMode) -> Result<Option<BpfProgram>, Sandbo
         // Titles, PDEATHSIG, NO_NEW_PRIVS before a child's own filter.
         rules.insert(libc::SYS_prctl, Vec::new());
     } else {
+        // Answered with EACCES by `deny_open`, stacked in front of this filter.
+        rules.insert(libc::SYS_openat, Vec::new());
         // Thread names only (std names threads as they start).
         let cond = SeccompCondition::new(
             0,
@@ -191,9 +193,33 @@ pub fn build(role: Role, mode: SeccompMode) -> Result<Option<BpfProgram>, Sandbo
     Ok(Some(prog))
 }
 
+/// A filter that makes `openat` fail with EACCES instead of killing: glibc's allocator opens
+/// `/proc/sys/vm/overcommit_memory` when a thread first grows its arena and copes with failure.
+/// Stacked with the child filter (which lets `openat` through), the stricter ERRNO wins.
+fn deny_open() -> Result<BpfProgram, SandboxError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_openat, Vec::new())].into();
+    let arch = if cfg!(target_arch = "aarch64") {
+        TargetArch::aarch64
+    } else {
+        TargetArch::x86_64
+    };
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        arch,
+    )
+    .map_err(SandboxError::Build)?;
+    filter.try_into().map_err(SandboxError::Build)
+}
+
 /// Install the filter for `role` on every thread of this process.
 pub fn apply_seccomp(role: Role, mode: SeccompMode) -> Result<(), SandboxError> {
     if let Some(prog) = build(role, mode)? {
+        if role == Role::Child {
+            seccompiler::apply_filter_all_threads(&deny_open()?)
+                .map_err(SandboxError::Install)?;
+        }
         seccompiler::apply_filter_all_threads(&prog).map_err(SandboxError::Install)?;
     }
     Ok(())

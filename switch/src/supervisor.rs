@@ -75,6 +75,7 @@ struct Peer {
     generation: u64,
     started: Instant,
     restart_at: Option<Instant>,
+    spawns: u32,
 }
 
 /// The supervisor state.
@@ -293,6 +294,7 @@ impl Supervisor {
                 generation: 0,
                 started: Instant::now(),
                 restart_at: None,
+                spawns: 0,
             },
         );
         self.spawn(&name);
@@ -379,6 +381,7 @@ impl Supervisor {
                     params: self.settings.params,
                     buffer_size: self.settings.buffer_size,
                     seccomp: self.settings.seccomp,
+                    incarnation: p.spawns,
                 };
                 let code = match child::run(spec) {
                     Ok(()) => 0,
@@ -399,6 +402,7 @@ impl Supervisor {
                         ctl: main_end,
                     });
                     p.generation = generation;
+                    p.spawns += 1;
                     p.started = Instant::now();
                     p.restart_at = None;
                 }

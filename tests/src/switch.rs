@@ -79,6 +79,11 @@ pub struct SwitchProcess {
 impl SwitchProcess {
     /// Start `vm-switch --name <net>` with `extra` flags on a fresh directory.
     pub fn start(net: &str, extra: &[&str]) -> SwitchProcess {
+        Self::start_with_env(net, extra, &[])
+    }
+
+    /// As [`SwitchProcess::start`], with extra environment variables (test hooks).
+    pub fn start_with_env(net: &str, extra: &[&str], env: &[(&str, &str)]) -> SwitchProcess {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let dir = tmp.path().join("vm-switch").join(net);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
@@ -89,6 +94,7 @@ impl SwitchProcess {
             .arg(&dir)
             .args(["--log-level", "info"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
