@@ -2,7 +2,13 @@
 //! guest memory, split virtqueues written by hand, kick/call eventfds. It plays a VM whose
 //! driver busy-polls its used rings (notifications from the device are suppressed).
 
-#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+#![allow(
+    dead_code,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::too_many_arguments,
+    clippy::needless_update
+)]
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
