@@ -118,7 +118,8 @@ fn broadcast_only_to_receivers_spoofing_dropped_and_reboot_reconnects() {
     // c (after "reboot"): a fresh QEMU on the same socket.
     let c2_script = r#"
         vt_wait_peer 10.1.0.1 120 || exit 1
-        vt_ping 10.1.0.1 3 0.2
+        vt_ping 10.1.0.1 3 0.2 || exit 1
+        vt_done_wait 5997 300
     "#;
     let a_script = r#"
         echos() { awk '/^Icmp:/ { if (h) print $10; h = 1 }' /proc/net/snmp; }
@@ -134,6 +135,7 @@ fn broadcast_only_to_receivers_spoofing_dropped_and_reboot_reconnects() {
         vt_wait_peer 10.1.0.3 300 || exit 1
         echo "REBOOTED_PEER_UP"
         vt_ping 10.1.0.3 3 0.2 || exit 1
+        vt_done_signal 10.1.0.3 5997
         vt_done_signal 10.1.0.2 5999
     "#;
     let b = boot_guest(
