@@ -263,3 +263,57 @@ fn a_seccomp_violation_kills_only_that_child_and_the_peer_reconnects() {
     assert_eq!(died, 1, "only c's first child died:\n{}", sw.log());
     let _ = Vring::footprint(QSIZE, BUF);
 }
+
+#[test]
+fn crosvm_rules_mq_config_mac_event_idx_and_any_queue_size() {
+    use vhost::VhostBackend;
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::vhost_user::message::{
+        VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    };
+    let sw = Switch::start(&[]);
+    let mut fe = connect(&sw.sock("a"), Duration::from_secs(20));
+    fe.set_owner().unwrap();
+    let feats = fe.get_features().unwrap();
+    for bit in [32u32, 29, 15, 5, 0, 1, 7, 11] {
+        // VERSION_1, EVENT_IDX, MRG_RXBUF, MAC, CSUM, GUEST_CSUM, GUEST_TSO4, HOST_TSO4
+        assert!(
+            feats & (1 << bit) != 0,
+            "feature bit {bit} not offered: {feats:#x}"
+        );
+    }
+    assert!(feats & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0);
+    let pf = fe.get_protocol_features().unwrap();
+    assert!(pf.contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG));
+    fe.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG)
+        .unwrap();
+    assert_eq!(
+        fe.get_queue_num().unwrap(),
+        2,
+        "one RX/TX pair, not crosvm's default of 3"
+    );
+    let (_, mac) = fe
+        .get_config(0, 6, VhostUserConfigFlags::WRITABLE, &[0u8; 6])
+        .unwrap();
+    assert_eq!(mac, MAC_A.to_vec(), "MAC readable through GET_CONFIG");
+    drop(fe);
+
+    // A VMM that picks 1024-entry queues on one side and 256 on the other is served.
+    let t = Instant::now();
+    // The first connection above ended that child; main forks a fresh one for this one.
+    let mem = GuestMem::new(16 << 20);
+    let fe = connect(&sw.sock("a"), Duration::from_secs(20));
+    let port = Port::setup(fe, &mem, 0, 1024, BUF);
+    let mut a = Vm { mem, port };
+    let mut b = vm(&sw.sock("b"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        send(&mut a, 500, MAC_A, [10, 1, 0, 1], [10, 1, 0, 2], 0),
+        500
+    );
+    let mut got = 0;
+    while got < 500 && t.elapsed() < Duration::from_secs(20) {
+        got += recv_for(&mut b, Duration::from_millis(100)).len();
+    }
+    assert_eq!(got, 500, "log:\n{}", sw.log());
+}
