@@ -310,22 +310,43 @@ fn measure(mut be: Backend, secs: f64) -> Report {
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let secs: f64 = std::env::var("LOADGEN_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
+    let rounds: usize = std::env::var("LOADGEN_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let which = std::env::var("LOADGEN_BACKENDS").unwrap_or_else(|_| "vm-switch,testpmd".into());
-    let mut reports = Vec::new();
-    for name in which.split(',') {
-        let be = match name.trim() {
-            "vm-switch" => start_vm_switch(),
-            "testpmd" => start_testpmd(),
-            other => panic!("unknown backend {other}"),
-        };
-        eprintln!("loadgen: measuring {name} ({secs} s per phase)");
-        reports.push(measure(be, secs));
+    let names: Vec<&str> = which.split(',').map(str::trim).collect();
+    let mut reports: Vec<Report> = Vec::new();
+    // Alternate the backends round by round so that load from other work on the machine hits
+    // both alike; report per-round rows and medians.
+    for round in 0..rounds {
+        for name in &names {
+            let be = match *name {
+                "vm-switch" => start_vm_switch(),
+                "testpmd" => start_testpmd(),
+                other => panic!("unknown backend {other}"),
+            };
+            eprintln!(
+                "loadgen: round {} measuring {name} ({secs} s per phase)",
+                round + 1
+            );
+            reports.push(measure(be, secs));
+        }
     }
     println!(
         "| backend | Mpps @64 B | Gbit/s @1500 B | sparse-flow delay p50 / p99 under a standing bulk queue (ms) | worker RSS (KiB) |"
@@ -346,15 +367,26 @@ fn main() {
             }
         );
     }
-    if let (Some(s), Some(t)) = (
-        reports.iter().find(|r| r.name == "vm-switch"),
-        reports.iter().find(|r| r.name == "testpmd"),
-    ) {
+    let med = |name: &str, f: &dyn Fn(&Report) -> f64| {
+        median(reports.iter().filter(|r| r.name == name).map(f).collect())
+    };
+    for name in &names {
         println!(
-            "RATIO vm-switch/testpmd: mpps_64={:.2} gbps_1500={:.2} sparse_p99_delay={:.2}",
-            s.mpps_64 / t.mpps_64,
-            s.gbps_1500 / t.gbps_1500,
-            s.p99_ms / t.p99_ms
+            "MEDIAN {name}: mpps_64={:.3} gbps_1500={:.3} sparse_p50_ms={:.2} sparse_p99_ms={:.2}",
+            med(name, &|r| r.mpps_64),
+            med(name, &|r| r.gbps_1500),
+            med(name, &|r| r.p50_ms),
+            med(name, &|r| r.p99_ms)
+        );
+    }
+    if names.contains(&"vm-switch") && names.contains(&"testpmd") {
+        let ratio = |f: &dyn Fn(&Report) -> f64| med("vm-switch", f) / med("testpmd", f);
+        println!(
+            "RATIO vm-switch/testpmd (medians): mpps_64={:.2} gbps_1500={:.2} sparse_p50_delay={:.2} sparse_p99_delay={:.2}",
+            ratio(&|r| r.mpps_64),
+            ratio(&|r| r.gbps_1500),
+            ratio(&|r| r.p50_ms),
+            ratio(&|r| r.p99_ms)
         );
     }
 }

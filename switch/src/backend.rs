@@ -6,7 +6,6 @@
 //! EVENT_IDX, INDIRECT_DESC, and the MQ + CONFIG protocol features (crosvm assumes three queues
 //! without MQ). Any queue size up to 32768 the VMM picks is accepted.
 
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +18,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{QueueT, Reader, Writer};
+use virtio_queue::QueueT;
+use vm_memory::{Address, Bytes};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
@@ -169,27 +169,18 @@ impl NetBackend {
                     }
                     self.seccomp_probe = false;
                 }
-                match Reader::new(&*mem, chain) {
-                    Ok(mut r) => {
-                        let n = r.available_bytes();
-                        if !(VNET_HDR..=MAX_FRAME).contains(&n) {
-                            self.guest_errors.bad_lengths += 1;
+                match read_chain(&mem, chain, &mut self.scratch) {
+                    Ok(()) => {
+                        // Only offloads this guest negotiated, with sane offsets, may reach
+                        // another guest.
+                        if offload::validate(&mut self.scratch, self.offloads) {
+                            self.dp.from_guest(&mut self.scratch);
                         } else {
-                            self.scratch.resize(n, 0);
-                            if r.read_exact(&mut self.scratch).is_ok() {
-                                // Only offloads this guest negotiated, with sane offsets, may
-                                // reach another guest.
-                                if offload::validate(&mut self.scratch, self.offloads) {
-                                    self.dp.from_guest(&mut self.scratch);
-                                } else {
-                                    self.guest_errors.bad_offload_headers += 1;
-                                }
-                            } else {
-                                self.guest_errors.bad_chains += 1;
-                            }
+                            self.guest_errors.bad_offload_headers += 1;
                         }
                     }
-                    Err(_) => self.guest_errors.bad_chains += 1,
+                    Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
+                    Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
                 }
                 if txq.add_used(head, 0).is_err() {
                     self.guest_errors.bad_chains += 1;
@@ -284,8 +275,41 @@ impl NetBackend {
     }
 }
 
+enum ChainFault {
+    /// Zero, too short or too long.
+    Length,
+    /// A descriptor outside guest memory.
+    Memory,
+}
+
+/// Copy the device-readable part of a TX chain into `buf` (no intermediate allocation).
+fn read_chain(
+    mem: &vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
+    chain: virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>>,
+    buf: &mut Vec<u8>,
+) -> Result<(), ChainFault> {
+    buf.clear();
+    for desc in chain.readable() {
+        let len = desc.len() as usize;
+        let off = buf.len();
+        if off + len > MAX_FRAME {
+            return Err(ChainFault::Length);
+        }
+        buf.resize(off + len, 0);
+        mem.read_slice(&mut buf[off..], desc.addr())
+            .map_err(|_| ChainFault::Memory)?;
+    }
+    if buf.len() < VNET_HDR {
+        return Err(ChainFault::Length);
+    }
+    Ok(())
+}
+
+/// Most RX chains one frame may span with mergeable buffers (64 KiB in 1.5 KiB buffers).
+const MAX_MERGE: usize = 64;
+
 /// Write one frame (virtio-net header included) into the guest's RX queue, across several
-/// buffers when mergeable RX buffers were negotiated.
+/// buffers when mergeable RX buffers were negotiated. No allocation.
 fn write_frame(
     rxq: &VringRwLock,
     mem: &vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
@@ -293,62 +317,77 @@ fn write_frame(
     mrg: bool,
     errors: &mut GuestErrors,
 ) -> Delivery {
-    let mut chains: Vec<(u16, Writer<'_>)> = Vec::new();
-    let mut cap = 0usize;
-    let mut bad = false;
-    while cap < frame.len() {
+    let mut used = [(0u16, 0u32); MAX_MERGE];
+    let mut n_used = 0usize;
+    let mut off = 0usize;
+    let mut hdr_at: Option<vm_memory::GuestAddress> = None;
+    let give_back = |used: &[(u16, u32)]| {
+        for &(head, _) in used {
+            let _ = rxq.add_used(head, 0);
+        }
+    };
+    while off < frame.len() {
         let chain = {
             let mut st = rxq.get_mut();
             st.get_queue_mut().pop_descriptor_chain(mem.clone())
         };
         let Some(chain) = chain else {
-            // Not enough buffers yet: give back what we took and wait for more.
-            let n = chains.len() as u16;
-            if !bad {
-                let mut st = rxq.get_mut();
-                let q = st.get_queue_mut();
-                let next = q.next_avail().wrapping_sub(n);
-                q.set_next_avail(next);
-                return Delivery::NoBuffer;
-            }
-            break;
+            // Not enough buffers yet: give back what we took (nothing was reported used) and
+            // wait for more.
+            let mut st = rxq.get_mut();
+            let q = st.get_queue_mut();
+            let next = q.next_avail().wrapping_sub(n_used as u16);
+            q.set_next_avail(next);
+            return Delivery::NoBuffer;
         };
         let head = chain.head_index();
-        match Writer::new(&**mem, chain) {
-            Ok(w) => {
-                cap += w.available_bytes();
-                chains.push((head, w));
+        let mut written = 0usize;
+        let mut fault = false;
+        for desc in chain.writable() {
+            if off + written == frame.len() {
+                break;
             }
-            Err(_) => {
-                errors.bad_chains += 1;
-                bad = true;
-                let _ = rxq.add_used(head, 0);
+            if hdr_at.is_none() {
+                if (desc.len() as usize) < VNET_HDR {
+                    fault = true;
+                    break;
+                }
+                hdr_at = Some(desc.addr());
             }
+            let n = (desc.len() as usize).min(frame.len() - off - written);
+            if mem
+                .write_slice(&frame[off + written..off + written + n], desc.addr())
+                .is_err()
+            {
+                fault = true;
+                break;
+            }
+            written += n;
         }
-        if !mrg {
-            break;
-        }
-    }
-    if bad || cap < frame.len() || chains.is_empty() {
-        if !bad {
-            errors.small_rx_buffers += 1;
-        }
-        for (head, _) in chains {
+        if fault || written == 0 || n_used == MAX_MERGE {
+            errors.bad_chains += u64::from(fault || written == 0);
             let _ = rxq.add_used(head, 0);
+            give_back(&used[..n_used]);
+            return Delivery::Dropped;
         }
-        return Delivery::Dropped;
+        used[n_used] = (head, written as u32);
+        n_used += 1;
+        off += written;
+        if !mrg && off < frame.len() {
+            errors.small_rx_buffers += 1;
+            give_back(&used[..n_used]);
+            return Delivery::Dropped;
+        }
     }
-    let nbuf = chains.len() as u16;
-    frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
-    let mut off = 0;
-    for (head, mut w) in chains {
-        let n = w.available_bytes().min(frame.len() - off);
-        let ok = w.write_all(&frame[off..off + n]).is_ok();
-        if !ok {
+    // num_buffers (the last field of the header) now that the count is known.
+    if let Some(at) = hdr_at {
+        let nb = (n_used as u16).to_le_bytes();
+        if mem.write_slice(&nb, at.unchecked_add(10)).is_err() {
             errors.bad_chains += 1;
         }
-        let _ = rxq.add_used(head, if ok { n as u32 } else { 0 });
-        off += n;
+    }
+    for &(head, len) in &used[..n_used] {
+        let _ = rxq.add_used(head, len);
     }
     Delivery::Delivered
 }

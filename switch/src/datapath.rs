@@ -100,6 +100,7 @@ pub struct Datapath {
     buffer_size: usize,
     hash_seed: u64,
     rr: PeerSlot,
+    rx_scratch: Vec<u8>,
     /// Counters.
     pub counters: Counters,
 }
@@ -121,6 +122,7 @@ impl Datapath {
             buffer_size,
             hash_seed,
             rr: 0,
+            rx_scratch: Vec::with_capacity(2048),
             counters: Counters::default(),
         }
     }
@@ -379,11 +381,17 @@ impl Datapath {
                     let mut buf = match ing.stash.take() {
                         Some(b) => b,
                         None => {
-                            let mut b = Vec::new();
+                            // Reuse one buffer across frames; it only moves into the stash
+                            // when the guest is out of RX buffers.
+                            let mut b = std::mem::take(&mut self.rx_scratch);
                             match ing.cons.pop(&mut b) {
                                 Ok(true) => b,
-                                Ok(false) => break,
+                                Ok(false) => {
+                                    self.rx_scratch = b;
+                                    break;
+                                }
                                 Err(e) => {
+                                    self.rx_scratch = b;
                                     tracing::warn!(slot, error = %e, "abandoning ingress ring");
                                     corrupt.push(slot);
                                     break;
@@ -394,6 +402,7 @@ impl Datapath {
                     if buf.len() < VNET_HDR || !self.fwd.accept_ingress(slot, &buf[VNET_HDR..]) {
                         self.counters.ingress_rejects += 1;
                         progress = true;
+                        self.rx_scratch = buf;
                         continue;
                     }
                     match sink(&mut buf) {
@@ -401,8 +410,12 @@ impl Datapath {
                             any = true;
                             progress = true;
                             self.counters.rx_frames += 1;
+                            self.rx_scratch = buf;
                         }
-                        Delivery::Dropped => progress = true,
+                        Delivery::Dropped => {
+                            progress = true;
+                            self.rx_scratch = buf;
+                        }
                         Delivery::NoBuffer => {
                             ing.stash = Some(buf);
                             out_of_buffers = true;
