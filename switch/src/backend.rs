@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackendMut, VringEpollHandler, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringEpollHandler, VringRwLock, VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
@@ -148,15 +148,14 @@ impl NetBackend {
             return;
         };
         let mut used_any = false;
+        // One lock for the whole batch: only this worker thread touches the queue while it runs.
+        let mut st = txq.get_mut();
         loop {
             if self.event_idx {
-                let _ = txq.disable_notification();
+                let _ = st.disable_notification();
             }
             loop {
-                let chain = {
-                    let mut st = txq.get_mut();
-                    st.get_queue_mut().pop_descriptor_chain(mem.clone())
-                };
+                let chain = st.get_queue_mut().pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
                 if self.seccomp_probe {
@@ -182,18 +181,19 @@ impl NetBackend {
                     Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
                     Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
                 }
-                if txq.add_used(head, 0).is_err() {
+                if st.add_used(head, 0).is_err() {
                     self.guest_errors.bad_chains += 1;
                 }
                 used_any = true;
             }
-            if !self.event_idx || !txq.enable_notification().unwrap_or(false) {
+            if !self.event_idx || !st.enable_notification().unwrap_or(false) {
                 break;
             }
         }
-        if used_any && txq.needs_notification().unwrap_or(true) {
-            let _ = txq.signal_used_queue();
+        if used_any && st.needs_notification().unwrap_or(true) {
+            let _ = st.signal_used_queue();
         }
+        drop(st);
         self.dp.flush();
     }
 
@@ -208,11 +208,13 @@ impl NetBackend {
         let mut used_any = false;
         let neg = self.offloads;
         let mrg = self.mrg_rxbuf;
+        let mut guard = rxq.get_mut();
+        let st = &mut *guard;
         loop {
             let mut ran_out = false;
             // Segments left over from an earlier super-frame go first.
             while let Some(mut f) = self.backlog.pop_front() {
-                match write_frame(rxq, &mem, &mut f, mrg, &mut self.guest_errors) {
+                match write_frame(st, &mem, &mut f, mrg, &mut self.guest_errors) {
                     Delivery::NoBuffer => {
                         self.backlog.push_front(f);
                         ran_out = true;
@@ -231,7 +233,7 @@ impl NetBackend {
                     }
                     match offload::adapt_in_place(frame, neg) {
                         Adapted::AsIs => {
-                            let d = write_frame(rxq, &mem, frame, mrg, errors);
+                            let d = write_frame(st, &mem, frame, mrg, errors);
                             match d {
                                 Delivery::NoBuffer => ran_out = true,
                                 _ => used_any = true,
@@ -246,7 +248,7 @@ impl NetBackend {
                             // The frame is consumed; segments that do not fit wait here.
                             for mut seg in segs {
                                 if backlog.is_empty() {
-                                    match write_frame(rxq, &mem, &mut seg, mrg, errors) {
+                                    match write_frame(st, &mem, &mut seg, mrg, errors) {
                                         Delivery::NoBuffer => {
                                             ran_out = true;
                                             backlog.push_back(seg);
@@ -264,13 +266,13 @@ impl NetBackend {
                 self.dp.to_guest(&mut sink);
             }
             // Ask for a kick when buffers are added; if some arrived meanwhile, go again.
-            let more = rxq.enable_notification().unwrap_or(false);
+            let more = st.enable_notification().unwrap_or(false);
             if !(ran_out && more) {
                 break;
             }
         }
-        if used_any && rxq.needs_notification().unwrap_or(true) {
-            let _ = rxq.signal_used_queue();
+        if used_any && st.needs_notification().unwrap_or(true) {
+            let _ = st.signal_used_queue();
         }
     }
 }
@@ -311,7 +313,7 @@ const MAX_MERGE: usize = 64;
 /// Write one frame (virtio-net header included) into the guest's RX queue, across several
 /// buffers when mergeable RX buffers were negotiated. No allocation.
 fn write_frame(
-    rxq: &VringRwLock,
+    rxq: &mut VringState<GuestMem>,
     mem: &vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
     frame: &mut [u8],
     mrg: bool,
@@ -321,21 +323,17 @@ fn write_frame(
     let mut n_used = 0usize;
     let mut off = 0usize;
     let mut hdr_at: Option<vm_memory::GuestAddress> = None;
-    let give_back = |used: &[(u16, u32)]| {
+    let give_back = |rxq: &mut VringState<GuestMem>, used: &[(u16, u32)]| {
         for &(head, _) in used {
             let _ = rxq.add_used(head, 0);
         }
     };
     while off < frame.len() {
-        let chain = {
-            let mut st = rxq.get_mut();
-            st.get_queue_mut().pop_descriptor_chain(mem.clone())
-        };
+        let chain = rxq.get_queue_mut().pop_descriptor_chain(mem.clone());
         let Some(chain) = chain else {
             // Not enough buffers yet: give back what we took (nothing was reported used) and
             // wait for more.
-            let mut st = rxq.get_mut();
-            let q = st.get_queue_mut();
+            let q = rxq.get_queue_mut();
             let next = q.next_avail().wrapping_sub(n_used as u16);
             q.set_next_avail(next);
             return Delivery::NoBuffer;
@@ -367,7 +365,7 @@ fn write_frame(
         if fault || written == 0 || n_used == MAX_MERGE {
             errors.bad_chains += u64::from(fault || written == 0);
             let _ = rxq.add_used(head, 0);
-            give_back(&used[..n_used]);
+            give_back(rxq, &used[..n_used]);
             return Delivery::Dropped;
         }
         used[n_used] = (head, written as u32);
@@ -375,7 +373,7 @@ fn write_frame(
         off += written;
         if !mrg && off < frame.len() {
             errors.small_rx_buffers += 1;
-            give_back(&used[..n_used]);
+            give_back(rxq, &used[..n_used]);
             return Delivery::Dropped;
         }
     }

@@ -269,7 +269,6 @@ impl Datapath {
                 }
             }
             Verdict::Unicast(slot) => {
-                let hash = frame::flow_hash(&pkt[VNET_HDR..], self.hash_seed);
                 let Some(e) = self.egress.get_mut(&slot) else {
                     self.counters.egress_drops += 1;
                     return;
@@ -289,6 +288,7 @@ impl Datapath {
                         }
                     }
                 }
+                let hash = frame::flow_hash(&pkt[VNET_HDR..], self.hash_seed);
                 let dropped = e.q.enqueue(hash, std::mem::take(pkt));
                 self.counters.egress_drops += dropped as u64;
                 Self::drain(e, &mut self.counters);
