@@ -265,9 +265,15 @@ impl NetBackend {
                 };
                 self.dp.to_guest(&mut sink);
             }
-            // Ask for a kick when buffers are added; if some arrived meanwhile, go again.
-            let more = st.enable_notification().unwrap_or(false);
-            if !(ran_out && more) {
+            if !ran_out {
+                // Nothing is waiting for buffers: the guest need not kick us when it adds some
+                // (new frames wake us through the ingress rings instead).
+                let _ = st.disable_notification();
+                break;
+            }
+            // Out of buffers: ask for a kick when some are added; if some arrived meanwhile,
+            // go again.
+            if !st.enable_notification().unwrap_or(false) {
                 break;
             }
         }
