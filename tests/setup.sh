@@ -7,8 +7,10 @@ set -euo pipefail
 APT_PACKAGES=(
   # end-to-end guests (../shared/vmtest): QEMU, busybox initramfs, iperf3, kernel unpacking
   qemu-system-x86 qemu-utils busybox-static iperf3 xz-utils iproute2 kmod cpio
-  # static probes and test binaries
-  gcc libc6-dev
+  # static probes and test binaries; python3 runs the recorders standing in for crosvm
+  gcc libc6-dev python3
+  # dpdk-testpmd: the reference vhost-user forwarder (tests and the vm-switch benchmark)
+  dpdk-dev
   # desktop entries are checked with desktop-file-validate
   desktop-file-utils libxml2-utils
   # the tray is tested on a private D-Bus

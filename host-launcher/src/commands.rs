@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{Cli, Command, ConfigArg, DesktopArgs, PlanArgs};
+use crate::cli::{
+    Cli, Command, CompletionsCommand, ConfigArg, DesktopArgs, PlanArgs, ProxyCommand, VmCommand,
+};
 use crate::config::{self, Config, ConfigError, Source};
 use crate::paths::Paths;
 use crate::plan::Plan;
@@ -15,7 +17,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Plan(args) => plan(&args),
+        Command::Demo(args) => crate::demo::run(&args),
+        Command::Proxy(args) => proxy(&args),
+        Command::Completions(args) => completions(&args),
         Command::Desktop(args) => desktop(&args),
+        Command::Vm(VmCommand::Run(args)) => crate::vm_service::cli::run(&args),
     }
 }
 
@@ -78,6 +84,69 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
     } else {
         write!(out, "{plan}")?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn proxy(args: &ProxyCommand) -> Result<ExitCode> {
+    let (config, _) = load_config(&ConfigArg {
+        config: args.config.clone(),
+    })?;
+    let mut paths = Paths::system();
+    if let Some(dir) = std::env::var_os("VMSILO_RUN_DIR") {
+        paths.run_dir = dir.into();
+    }
+    let p = &args.proxy;
+    let starter = match &p.start_command {
+        Some(cmd) => {
+            crate::proxy::Starter::Command(vec!["/bin/sh".into(), "-c".into(), cmd.clone()])
+        }
+        None => crate::proxy::Starter::Systemd,
+    };
+    let cfg = crate::proxy::config_for(
+        &config,
+        &paths,
+        &p.vm,
+        starter,
+        std::time::Duration::from_secs(p.agent_timeout),
+    )?;
+    let listener = crate::proxy::listener_from_env()?;
+    crate::proxy::Proxy::new(cfg).serve(listener)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn completions(args: &CompletionsCommand) -> Result<ExitCode> {
+    if args.completions.vm_names {
+        let (config, _) = config::load_or_default(args.config.as_deref())?;
+        for name in config.vm_names() {
+            println!("{name}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let me = std::env::current_exe().context("locating the vmsilo binary")?;
+    // Call whatever `vmsilo` is on PATH at completion time when we were started from PATH
+    // (store paths change on rebuild); otherwise the absolute path we ran from.
+    let exe = if me.file_name().is_some_and(|n| n == "vmsilo")
+        && std::env::var_os("VMSILO_COMPLETION_ABSOLUTE").is_none()
+    {
+        "vmsilo".to_owned()
+    } else {
+        crate::proxy::sh_quote(&me.to_string_lossy())
+    };
+    let names = match &args.config {
+        Some(path) => format!(
+            "{exe} completions --vm-names --config {}",
+            crate::proxy::sh_quote(&path.to_string_lossy())
+        ),
+        None => format!("{exe} completions --vm-names"),
+    };
+    let script = match args.completions.shell {
+        Some(crate::tools_cli::CompletionShell::Bash) | None => {
+            crate::tools_cli::bash_completion(&names)
+        }
+    };
+    std::io::stdout()
+        .write_all(script.as_bytes())
+        .context("writing the completion script")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -263,25 +263,14 @@ pub fn net_ports(vm: &crate::config::Vm) -> Vec<NetPort> {
         .collect()
 }
 
-/// The guest kernel command line: console, root and overlay, NIC names, idle shutdown, then the
-/// user's own parameters last so they can override ours.
+/// The guest kernel command line: the serial console and NIC names, then the user's own
+/// parameters (for a NixOS guest, `init=` among them) last so they can override ours.
+///
+/// Only what the guest reads belongs here: the root and overlay disks are found by label and
+/// position by the guest's own configuration, and the agent gets its settings from that too.
 pub fn kernel_params(vm: &crate::config::Vm) -> Vec<String> {
-    use crate::config::{OverlayType, SharedHome};
-    let mut params = vec!["console=ttyS0".to_owned(), "root=/dev/vda".to_owned()];
-    if vm.root_disk_readonly {
-        params.push("ro".to_owned());
-    }
-    params.push(match vm.root_overlay.kind {
-        OverlayType::Qcow2 => "vmsilo.overlay=/dev/vdb".to_owned(),
-        OverlayType::Tmpfs => "vmsilo.overlay=tmpfs".to_owned(),
-    });
+    let mut params = vec!["console=ttyS0".to_owned()];
     params.extend(net_ports(vm).iter().map(|p| ifname_param(&p.name, p.mac)));
-    if vm.auto_shutdown.enable {
-        params.push(format!("vmsilo.autoShutdown={}", vm.auto_shutdown.after));
-    }
-    if vm.shared_home != SharedHome::Disabled {
-        params.push("vmsilo.sharedHome=home".to_owned());
-    }
     params.extend(vm.kernel_params.iter().cloned());
     params
 }

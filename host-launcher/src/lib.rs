@@ -6,21 +6,39 @@
 //! | [`derive`] | values computed from the configuration (MACs, PCI slots, TAP names, colours) |
 //! | [`paths`] | runtime paths and unit names shared by every part |
 //! | [`crosvm`] | the crosvm command line of a VM |
+//! | [`demo`] | `vmsilo demo`: the quick-start example as tiny real VMs |
 //! | [`plan`] | everything vmsilo would set up for each VM, as text or JSON |
 //! | [`cli`] | the `vmsilo` command's arguments |
 //! | [`desktop`] | host desktop entries, icons and menu folders generated from guest packages |
 //! | [`tray`] | the `vmsilo-tray` StatusNotifierItem: VM states, start/stop, app menus |
 //! | [`commands`] | what each `vmsilo` subcommand does |
+//! | [`vsock`] | host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket) |
+//! | [`vm_run`] | the `vm-run` client of the command protocol |
+//! | [`proxy`] | `vmsilo proxy <vm>`, the socket-activated command proxy |
+//! | [`shell`] | `vm-shell` (serial console, SSH over vsock), `vm-start`, `vm-stop` |
+//! | [`units`] | systemd D-Bus calls (start/stop VM units) |
+//! | [`tools_cli`] | command lines of `vm-run`, `vm-start`, `vm-stop`, `vm-shell`, and their bash completion |
+//! | [`vm_service`] | `vmsilo vm run`: prepare, run and tear down one VM |
+//! | [`qemu`] | the QEMU command line (second VMM backend) |
 
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crosvm;
+pub mod demo;
 pub mod derive;
 pub mod desktop;
 pub mod paths;
 pub mod plan;
+pub mod proxy;
+pub mod qemu;
+pub mod shell;
+pub mod tools_cli;
 pub mod tray;
+pub mod units;
+pub mod vm_run;
+pub mod vm_service;
+pub mod vsock;
 
 /// An error and its causes on one line, `outer: inner: root`, for the top-level report.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

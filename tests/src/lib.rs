@@ -9,6 +9,8 @@ pub mod switch;
 
 use std::path::{Path, PathBuf};
 
+pub mod agent;
+
 /// The project's `shared/` directory, which sits beside the repository checkout.
 ///
 /// `VMSILO_SHARED` overrides it, because CI and developers may lay the two out differently.
@@ -38,3 +40,4 @@ pub fn require_tool(tool: &str) -> PathBuf {
             panic!("required tool `{tool}` is not on PATH; install it (see .ci/run) and rerun")
         })
 }
+pub mod vm_service;

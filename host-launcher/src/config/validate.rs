@@ -33,6 +33,7 @@ pub(crate) fn config(issues: &Issues, config: &Config) {
             }
         }
     }
+    unit_name_clashes(issues, config);
     depends_on(issues, config);
     macs_and_taps(issues, config);
     switch_networks(issues, config);
@@ -281,6 +282,25 @@ fn shared(issues: &Issues, base: &str, vm: &Vm) {
             issues.push(
                 format!("{base}.sharedDirectories[{j}]"),
                 format!("tag {:?} {why}", dir.tag),
+            );
+        }
+    }
+}
+
+/// `vmsilo-<a>-vm.service` runs VM `a`, and `vmsilo-<a>-vm.service` is also the proxy of a VM
+/// named `<a>-vm`: the two names cannot coexist.
+fn unit_name_clashes(issues: &Issues, config: &Config) {
+    let names: BTreeSet<&str> = config.vm_names().collect();
+    for (i, vm) in config.nixos_vms.iter().enumerate() {
+        if let Some(base) = vm.name.strip_suffix("-vm")
+            && names.contains(base)
+        {
+            issues.push(
+                format!("nixosVms[{i}].name"),
+                format!(
+                    "{:?} clashes with VM {base:?}: both would use the unit vmsilo-{}.service",
+                    vm.name, vm.name
+                ),
             );
         }
     }

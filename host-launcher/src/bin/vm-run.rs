@@ -1,0 +1,26 @@
+//! `vm-run <vm> <command…>`: run a program in a VM and return its exit status.
+
+use clap::Parser;
+use vmsilo::tools_cli::VmRunArgs;
+use vmsilo::vm_run::{RunRequest, run_cli};
+
+fn main() {
+    let a = VmRunArgs::parse();
+    let req = RunRequest {
+        vm: a.vm,
+        argv: a.command,
+        env: a.env,
+        cwd: a.cwd,
+        tty: a.tty,
+        detach: a.detach,
+    };
+    let code = match run_cli(&a.run_dir.run_dir, &req) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vm-run: {}", vmsilo::error_chain(&e));
+            // Like ssh: 255 means vm-run itself failed, not the guest program.
+            255
+        }
+    };
+    std::process::exit(code);
+}

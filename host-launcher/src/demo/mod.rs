@@ -1,0 +1,782 @@
+//! `vmsilo demo`: the bundled quick-start example brought up for real, as tiny VMs.
+//!
+//! The demo uses the product's own path the way a user does: it writes a configuration document,
+//! starts `vm-switch` for a network, puts each VM's command socket behind `vmsilo proxy` with
+//! socket activation (as systemd would), and then runs `vm-run` against stopped VMs, which start
+//! on demand through `vmsilo vm run` on the QEMU backend. It prints a transcript with timings and
+//! exits non-zero if any step did not do what it should.
+//!
+//! What differs from a NixOS host, and why: guests are a Debian kernel with a busybox initramfs
+//! (see [`guest`]) rather than NixOS images; the example's TAP uplinks would change the host's
+//! network, so the VMs that have them are put on a vm-switch network `demo` instead; there is no
+//! compositor here, so the VMs get no GPU.
+
+mod guest;
+mod prereq;
+
+use std::fmt::Write as _;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::config::{self, Config};
+use crate::paths::Paths;
+
+/// Subnet of the demo's vm-switch network.
+const DEMO_NET: &str = "demo";
+
+/// Arguments of `vmsilo demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Seconds of idleness after which the demo VMs power off (their autoShutdown.after).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(5..=600))]
+    pub idle: u64,
+
+    /// Keep the work directory (config, logs, guest image) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Work directory; default a new directory under /tmp.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// Debian kernel tree for the guests (boot/vmlinuz-*, lib/modules/*).
+    #[arg(long, env = "VMSILO_KROOT", default_value = "/opt/vmsilo-test/kroot")]
+    pub kroot: PathBuf,
+
+    /// shared/vmtest, whose build-initramfs.sh makes the guests' base initramfs.
+    #[arg(long, value_name = "DIR")]
+    pub vmtest: Option<PathBuf>,
+
+    /// Directory holding vmsilo, vm-run, vm-switch and a static vmsilo-agent; default: build them
+    /// from this source tree with cargo.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+
+    /// Don't install missing packages even when running as root; just list them.
+    #[arg(long)]
+    pub no_install: bool,
+
+    /// QEMU accelerator (kvm or tcg); default kvm when /dev/kvm can boot stock kernels.
+    #[arg(long)]
+    pub accel: Option<String>,
+}
+
+/// The transcript: timestamped lines on stdout, and a tally of checks.
+struct Transcript {
+    start: Instant,
+    passed: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Transcript {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            passed: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    fn say(&self, text: impl AsRef<str>) {
+        println!(
+            "[{:7.1}s] {}",
+            self.start.elapsed().as_secs_f64(),
+            text.as_ref()
+        );
+    }
+
+    fn detail(&self, text: impl AsRef<str>) {
+        for line in text.as_ref().lines() {
+            println!("            {line}");
+        }
+    }
+
+    fn check(&mut self, what: &str, ok: bool, why: impl AsRef<str>) {
+        if ok {
+            self.say(format!("ok: {what}"));
+            self.passed.push(what.to_owned());
+        } else {
+            self.say(format!("FAILED: {what}: {}", why.as_ref()));
+            self.failed.push(what.to_owned());
+        }
+    }
+}
+
+/// The binaries the demo drives.
+struct Bins {
+    vmsilo: PathBuf,
+    vm_run: PathBuf,
+    vm_switch: PathBuf,
+    agent: PathBuf,
+}
+
+fn source_tree() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_owned();
+    root.join("Cargo.toml").is_file().then_some(root)
+}
+
+fn cargo(src: &Path, args: &[&str], rustflags: Option<&str>) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args).current_dir(src);
+    if let Some(flags) = rustflags {
+        cmd.env("RUSTFLAGS", flags);
+    }
+    let st = cmd
+        .status()
+        .context("cannot run cargo (needed to build the demo's tools from source)")?;
+    if !st.success() {
+        bail!("cargo {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn binaries(args: &DemoArgs, t: &Transcript) -> Result<Bins> {
+    if let Some(dir) = &args.bin_dir {
+        let bins = Bins {
+            vmsilo: dir.join("vmsilo"),
+            vm_run: dir.join("vm-run"),
+            vm_switch: dir.join("vm-switch"),
+            agent: dir.join("vmsilo-agent"),
+        };
+        for bin in [&bins.vmsilo, &bins.vm_run, &bins.vm_switch, &bins.agent] {
+            if !bin.is_file() {
+                bail!("{} is missing", bin.display());
+            }
+        }
+        return Ok(bins);
+    }
+    let src = source_tree().context(
+        "no source tree to build from; pass --bin-dir with vmsilo, vm-run, vm-switch and a static vmsilo-agent",
+    )?;
+    // Build in the profile this vmsilo was built with, so a debug `cargo run` reuses the
+    // artifacts `cargo test` already made.
+    let (profile, dir) = if cfg!(debug_assertions) {
+        ("dev", "debug")
+    } else {
+        ("release", "release")
+    };
+    t.say(format!(
+        "building vmsilo, vm-run, vm-switch and a static vmsilo-agent (cargo, {dir})"
+    ));
+    cargo(
+        &src,
+        &[
+            "build",
+            "-q",
+            "--profile",
+            profile,
+            "-p",
+            "vmsilo",
+            "-p",
+            "vm-switch",
+            "--bins",
+        ],
+        None,
+    )?;
+    // The agent runs in a guest without our host's libraries: link it statically. An explicit
+    // --target keeps the flag away from build scripts and proc macros.
+    let host = "x86_64-unknown-linux-gnu";
+    cargo(
+        &src,
+        &[
+            "build",
+            "-q",
+            "--profile",
+            profile,
+            "-p",
+            "vmsilo-guest",
+            "--bin",
+            "vmsilo-agent",
+            "--target",
+            host,
+            "--target-dir",
+            "target/static",
+        ],
+        Some("-C target-feature=+crt-static"),
+    )?;
+    let out = src.join("target").join(dir);
+    Ok(Bins {
+        vmsilo: out.join("vmsilo"),
+        vm_run: out.join("vm-run"),
+        vm_switch: out.join("vm-switch"),
+        agent: src.join(format!("target/static/{host}/{dir}/vmsilo-agent")),
+    })
+}
+
+/// Each demo VM with its address on the demo network, if it is networked.
+type Addresses = Vec<(String, Option<String>)>;
+
+/// The quick-start example as demo VMs: QEMU, hybrid vsock, no GPU or shared home, a short idle
+/// timeout, and vm-switch in place of TAP uplinks.
+fn demo_config(image: &guest::GuestImage, idle: u64) -> Result<(Value, Addresses)> {
+    let mut doc: Value = serde_json::from_str(config::EXAMPLE_QUICKSTART)?;
+    doc["hostNetworking"] = json!({ "nat": { "enable": false } });
+    let mut addresses = Vec::new();
+    let vms = doc["nixosVms"]
+        .as_array_mut()
+        .context("the example has no nixosVms")?;
+    let mut host = 1;
+    for vm in vms.iter_mut() {
+        let name = vm["name"].as_str().unwrap_or_default().to_owned();
+        let online = vm["network"]["interfaces"]
+            .as_object()
+            .is_some_and(|i| !i.is_empty());
+        let mut params = vec![
+            format!("vmsilo.demo.name={name}"),
+            format!("vmsilo.demo.idle={idle}"),
+        ];
+        let address = online.then(|| {
+            let a = format!("10.77.0.{host}");
+            host += 1;
+            a
+        });
+        if let Some(a) = &address {
+            vm["network"] = json!({ "interfaces": { "lan": {
+                "type": "vm-switch",
+                "addresses": [format!("{a}/24")],
+                "vmNetwork": { "name": DEMO_NET, "receiveBroadcast": true }
+            }}});
+            params.push(format!("vmsilo.demo.addr=lan,{a}/24"));
+        }
+        let obj = vm.as_object_mut().context("a VM is not an object")?;
+        obj.insert("memory".into(), json!(256));
+        obj.insert("cpus".into(), json!(1));
+        obj.insert("vmm".into(), json!("qemu"));
+        obj.insert("vsock".into(), json!({ "transport": "vhost-user" }));
+        obj.insert("gpu".into(), json!(false));
+        obj.insert("sharedHome".into(), json!(false));
+        obj.insert("rootOverlay".into(), json!({ "type": "tmpfs" }));
+        obj.insert("kernel".into(), json!(image.kernel));
+        obj.insert("initramfs".into(), json!(image.initramfs));
+        obj.insert("rootDisk".into(), json!({ "path": image.root_disk }));
+        obj.insert(
+            "autoShutdown".into(),
+            json!({ "enable": true, "after": idle }),
+        );
+        obj.insert("kernelParams".into(), json!(params));
+        obj.remove("guestPrograms");
+        addresses.push((name, address));
+    }
+    Ok((doc, addresses))
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+struct Guard {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(10));
+        tracing::debug!("stopped {}", self.name);
+    }
+}
+
+fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Start `vmsilo proxy <vm>` as systemd socket activation would: the listening command socket as
+/// fd 3, `LISTEN_FDS=1`, `LISTEN_PID` = the proxy's own pid.
+fn start_proxy(
+    bins: &Bins,
+    paths: &Paths,
+    cfg: &Path,
+    vm: &str,
+    start: &str,
+    log: &Path,
+) -> Result<Guard> {
+    let socket = paths.command_socket(vm);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"")
+        .arg("sh")
+        .arg(&bins.vmsilo)
+        .arg("proxy")
+        .arg("--config")
+        .arg(cfg)
+        .arg(vm)
+        .arg("--start-command")
+        .arg(start)
+        .arg("--agent-timeout")
+        .arg("300")
+        .env("VMSILO_RUN_DIR", &paths.run_dir)
+        .env("VMSILO_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?);
+    // SAFETY: only dup2/fcntl, which are async-signal-safe, run between fork and exec; they put
+    // the listener at fd 3 without close-on-exec, as systemd does.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("cannot start vmsilo proxy")?;
+    drop(listener);
+    Ok(Guard {
+        name: format!("proxy {vm}"),
+        child,
+    })
+}
+
+/// Run `vm-run` as a user would, with the demo's runtime directory.
+fn vm_run(
+    bins: &Bins,
+    paths: &Paths,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<(Output, Duration)> {
+    let started = Instant::now();
+    let mut child = Command::new(&bins.vm_run)
+        .args(args)
+        .env("VMSILO_RUN_DIR", &paths.run_dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run vm-run")?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        pipe.write_all(data)?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((out, started.elapsed()))
+}
+
+fn show(t: &Transcript, cmdline: &str, out: &Output, took: Duration) {
+    t.say(format!("$ {cmdline}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stdout.trim().is_empty() {
+        t.detail(stdout.trim_end());
+    }
+    if !stderr.trim().is_empty() {
+        let mut text = String::new();
+        for line in stderr.trim_end().lines() {
+            let _ = writeln!(text, "stderr: {line}");
+        }
+        t.detail(text.trim_end());
+    }
+    t.detail(format!(
+        "exit {} after {:.2} s",
+        out.status
+            .code()
+            .map_or_else(|| "by signal".to_owned(), |c| c.to_string()),
+        took.as_secs_f64()
+    ));
+}
+
+/// Whether the VM service of `vm` is running (it removes its runtime dir on exit).
+fn vm_up(paths: &Paths, vm: &str) -> bool {
+    paths.vm_run_dir(vm).exists()
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// Run the demo; the exit code says whether every check passed.
+pub fn run(args: &DemoArgs) -> Result<ExitCode> {
+    let mut t = Transcript::new();
+    t.say("vmsilo demo: the bundled quick-start example as tiny VMs on the QEMU backend");
+    let tools = prereq::ensure(&args.kroot, !args.no_install, &mut |m| t.say(m))?;
+    let vmtest = match &args.vmtest {
+        Some(dir) => dir.clone(),
+        None => source_tree()
+            .map(|s| s.join("../shared/vmtest"))
+            .filter(|d| d.join("build-initramfs.sh").exists())
+            .context("cannot find shared/vmtest beside the source tree; pass --vmtest DIR")?,
+    };
+    let bins = binaries(args, &t)?;
+
+    let tmp;
+    let work = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("vmsilo-demo.").tempdir()?;
+            tmp.path().to_owned()
+        }
+    };
+    let work = work.canonicalize()?;
+    let image = guest::build(&work, &tools.kroot, &vmtest, &bins.agent)?;
+    t.say(format!(
+        "guest: {} + initramfs with vmsilo-agent ({} KiB)",
+        image.kernel.display(),
+        std::fs::metadata(&image.initramfs)?.len() / 1024
+    ));
+
+    let root = work.join("root");
+    let paths = Paths::under(&root);
+    for dir in [
+        &paths.run_dir,
+        &paths.state_dir,
+        &paths.switch_net_dir(DEMO_NET),
+    ] {
+        std::fs::create_dir_all(dir)?;
+    }
+    let (doc, addresses) = demo_config(&image, args.idle)?;
+    let cfg_path = paths.config_file.clone();
+    std::fs::create_dir_all(cfg_path.parent().unwrap_or(&root))?;
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&doc)?)?;
+    let config: Config = match config::load(&cfg_path) {
+        Ok(c) => c,
+        Err(e) => bail!(
+            "the demo configuration is invalid: {}",
+            crate::error_chain(&e)
+        ),
+    };
+    t.say(format!(
+        "configuration: {} (vmsilo check: valid)",
+        cfg_path.display()
+    ));
+    for (name, address) in &addresses {
+        match address {
+            Some(a) => t.detail(format!(
+                "{name}: vm-switch network {DEMO_NET:?}, {a}/24 (its TAP uplink replaced)"
+            )),
+            None => t.detail(format!("{name}: offline, as configured")),
+        }
+    }
+
+    let logs = work.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut switch = Command::new(&bins.vm_switch);
+    switch
+        .args(["--name", DEMO_NET, "--config-dir"])
+        .arg(paths.switch_net_dir(DEMO_NET))
+        .args(["--log-level", "info"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(logs.join("vm-switch.log"))?);
+    let _switch = Guard {
+        name: "vm-switch".into(),
+        child: switch.spawn().context("cannot start vm-switch")?,
+    };
+    t.say(format!(
+        "vm-switch {DEMO_NET:?} running (config dir {})",
+        paths.switch_net_dir(DEMO_NET).display()
+    ));
+
+    let mut proxies = Vec::new();
+    for vm in config.vm_names() {
+        let mut start = format!(
+            "echo $$ > {pid} && exec {vmsilo} vm run {vm} --root {root} --config {cfg} --qemu {qemu} --vhost-device-vsock {vsock} >> {log} 2>&1",
+            pid = sh(&logs.join(format!("{vm}.service.pid"))),
+            vmsilo = sh(&bins.vmsilo),
+            root = sh(&root),
+            cfg = sh(&cfg_path),
+            qemu = sh(&tools.qemu),
+            vsock = sh(&tools.vhost_device_vsock),
+            log = sh(&logs.join(format!("{vm}.service.log"))),
+        );
+        if let Some(accel) = &args.accel {
+            start = start.replace(
+                " --qemu ",
+                &format!(" --accel {} --qemu ", sh(Path::new(accel))),
+            );
+        }
+        proxies.push(start_proxy(
+            &bins,
+            &paths,
+            &cfg_path,
+            vm,
+            &start,
+            &logs.join(format!("{vm}.proxy.log")),
+        )?);
+    }
+    t.say(format!(
+        "command sockets listening in {} (socket activation)",
+        paths.run_dir.display()
+    ));
+
+    let result = scenario(&mut t, &bins, &paths, &addresses, args.idle);
+    if let Err(e) = &result {
+        t.check(
+            "the demo ran to the end",
+            false,
+            crate::error_chain(e.as_ref()),
+        );
+    }
+
+    // Stop whatever still runs: the VM services first (clean guest shutdown), then the rest.
+    for vm in config.vm_names() {
+        stop_service(&logs, vm);
+    }
+    let stopped = wait_for(
+        || config.vm_names().all(|vm| !vm_up(&paths, vm)),
+        Duration::from_secs(60),
+    );
+    drop(proxies);
+    drop(_switch);
+    t.check(
+        "every VM stopped and its runtime directory was removed",
+        stopped,
+        "a VM service is still running",
+    );
+
+    t.say(format!(
+        "{} passed, {} failed",
+        t.passed.len(),
+        t.failed.len()
+    ));
+    if args.keep || args.work_dir.is_some() {
+        t.say(format!("work directory kept: {}", work.display()));
+    } else {
+        t.say("cleaned up the work directory");
+    }
+    Ok(if t.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn stop_service(logs: &Path, vm: &str) {
+    let Ok(pid) = std::fs::read_to_string(logs.join(format!("{vm}.service.pid"))) else {
+        return;
+    };
+    if let Ok(pid) = pid.trim().parse::<i32>() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+fn sh(p: &Path) -> String {
+    crate::crosvm::shell_quote(&p.to_string_lossy())
+}
+
+/// The user-visible part: what a person would do with vmsilo, checked step by step.
+fn scenario(
+    t: &mut Transcript,
+    bins: &Bins,
+    paths: &Paths,
+    addresses: &[(String, Option<String>)],
+    idle: u64,
+) -> Result<()> {
+    let online: Vec<(&str, &str)> = addresses
+        .iter()
+        .filter_map(|(n, a)| a.as_deref().map(|a| (n.as_str(), a)))
+        .collect();
+    let offline: Vec<&str> = addresses
+        .iter()
+        .filter(|(_, a)| a.is_none())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let [(first, _), (second, second_addr), ..] = online.as_slice() else {
+        bail!("the example needs two networked VMs");
+    };
+
+    t.check(
+        &format!("{first} is stopped before anything asks for it"),
+        !vm_up(paths, first),
+        "it is already running",
+    );
+    let (out, took) = vm_run(bins, paths, &[first, "--", "uname", "-sr"], None)?;
+    show(
+        t,
+        &format!("vm-run {first} -- uname -sr        # {first} is stopped: it starts on demand"),
+        &out,
+        took,
+    );
+    t.check(
+        &format!("vm-run started {first} on demand and returned the command's output"),
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("Linux "),
+        format!("status {}", out.status),
+    );
+    t.check(
+        &format!("{first}'s VM service is running"),
+        vm_up(paths, first),
+        "no runtime directory",
+    );
+
+    let (out, took) = vm_run(
+        bins,
+        paths,
+        &[
+            first,
+            "--",
+            "sh",
+            "-c",
+            "echo \"hello from $(hostname)\"; echo to-stderr >&2; exit 3",
+        ],
+        None,
+    )?;
+    show(
+        t,
+        &format!(
+            "vm-run {first} -- sh -c 'echo \"hello from $(hostname)\"; echo to-stderr >&2; exit 3'"
+        ),
+        &out,
+        took,
+    );
+    t.check(
+        "stdout, stderr and the exit code come back separately",
+        out.status.code() == Some(3)
+            && String::from_utf8_lossy(&out.stdout).trim() == format!("hello from {first}")
+            && String::from_utf8_lossy(&out.stderr).contains("to-stderr"),
+        format!("status {}", out.status),
+    );
+
+    let (out, took) = vm_run(
+        bins,
+        paths,
+        &[first, "--", "tr", "a-z", "A-Z"],
+        Some(b"typed on the host\n"),
+    )?;
+    show(
+        t,
+        &format!("echo 'typed on the host' | vm-run {first} -- tr a-z A-Z"),
+        &out,
+        took,
+    );
+    t.check(
+        "stdin reaches the guest program",
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "TYPED ON THE HOST",
+        format!("status {}", out.status),
+    );
+
+    let (out, took) = vm_run(
+        bins,
+        paths,
+        &[second, "--", "ip", "-4", "-o", "addr", "show", "lan"],
+        None,
+    )?;
+    show(
+        t,
+        &format!("vm-run {second} -- ip -4 -o addr show lan      # starts {second}"),
+        &out,
+        took,
+    );
+    t.check(
+        &format!("{second} started on demand with its interface named from the config"),
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(second_addr),
+        format!("status {}", out.status),
+    );
+
+    let (out, took) = vm_run(
+        bins,
+        paths,
+        &[first, "--", "ping", "-c", "3", "-W", "5", second_addr],
+        None,
+    )?;
+    show(
+        t,
+        &format!("vm-run {first} -- ping -c 3 {second_addr}     # across vm-switch"),
+        &out,
+        took,
+    );
+    t.check(
+        &format!("{first} reaches {second} through vm-switch"),
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("3 packets received"),
+        format!("status {}", out.status),
+    );
+
+    if let Some(lonely) = offline.first() {
+        let (out, took) = vm_run(
+            bins,
+            paths,
+            &[lonely, "--", "sh", "-c", "ls /sys/class/net"],
+            None,
+        )?;
+        show(
+            t,
+            &format!("vm-run {lonely} -- ls /sys/class/net        # {lonely} is offline"),
+            &out,
+            took,
+        );
+        t.check(
+            &format!("{lonely} has no network interface but loopback"),
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .eq(["lo"]),
+            format!("status {}", out.status),
+        );
+    }
+
+    t.say(format!(
+        "waiting for auto-shutdown ({idle} s after the last command)..."
+    ));
+    let waited = Instant::now();
+    let all: Vec<&str> = addresses.iter().map(|(n, _)| n.as_str()).collect();
+    let down = wait_for(
+        || all.iter().all(|vm| !vm_up(paths, vm)),
+        Duration::from_secs(idle * 4 + 60),
+    );
+    t.check(
+        &format!(
+            "every VM powered itself off after {idle} s idle ({:.1} s after the last command)",
+            waited.elapsed().as_secs_f64()
+        ),
+        down,
+        "a VM is still running",
+    );
+
+    let (out, took) = vm_run(bins, paths, &[first, "--", "true"], None)?;
+    show(
+        t,
+        &format!("vm-run {first} -- true          # {first} was shut down: it starts again"),
+        &out,
+        took,
+    );
+    t.check(
+        &format!("{first} starts again on the next vm-run"),
+        out.status.success(),
+        format!("status {}", out.status),
+    );
+    Ok(())
+}

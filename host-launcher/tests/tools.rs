@@ -1,0 +1,202 @@
+//! `vm-shell` (serial console, vsock bridge for ssh) and `vm-start`/`vm-stop` through their
+//! binaries.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VM_SHELL: &str = env!("CARGO_BIN_EXE_vm-shell");
+const VM_START: &str = env!("CARGO_BIN_EXE_vm-start");
+const VM_STOP: &str = env!("CARGO_BIN_EXE_vm-stop");
+
+fn config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("config.json");
+    std::fs::write(
+        &path,
+        r#"{"user":"u","userUid":1000,"nixosVms":[
+            {"id":3,"name":"work","vsock":{"transport":"vhost-user"},"dependsOn":["net"]},
+            {"id":5,"name":"net"}]}"#,
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn console_session_copies_both_ways_until_ctrl_bracket() {
+    let dir = tempfile::tempdir().unwrap();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    // Raw slave: no echo or newline translation, so bytes compare exactly.
+    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
+    std::os::unix::fs::symlink(&slave, dir.path().join("work-console")).unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    master.write_all(b"guest banner\n").unwrap();
+
+    let mut child = Command::new(VM_SHELL)
+        .args(["--run-dir"])
+        .arg(dir.path())
+        .arg("work")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"typed\n").unwrap();
+    let mut got = [0u8; 6];
+    master.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"typed\n");
+    let mut out = child.stdout.take().unwrap();
+    let mut banner = [0u8; 13];
+    out.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"guest banner\n");
+    stdin.write_all(&[b'x', 0x1d, b'y']).unwrap();
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success());
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "Ctrl+] did not end the session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut x = [0u8; 1];
+    master.read_exact(&mut x).unwrap();
+    assert_eq!(
+        &x, b"x",
+        "bytes before Ctrl+] are delivered, the rest is not"
+    );
+}
+
+#[test]
+fn console_of_a_stopped_vm_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(VM_SHELL)
+        .arg("--run-dir")
+        .arg(dir.path())
+        .arg("work")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open the serial console") && err.contains("work-console"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vsock_bridge_does_the_hybrid_handshake_for_the_given_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    std::fs::create_dir_all(dir.path().join("work")).unwrap();
+    let l = UnixListener::bind(dir.path().join("work/vsock.sock")).unwrap();
+    let backend = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        s.write_all(b"OK 22\nSSH-2.0-fake\n").unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        (line, rest)
+    });
+    let out = Command::new(VM_SHELL)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--run-dir")
+        .arg(dir.path())
+        .args(["--vsock-bridge", "22", "work"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SSH-2.0-client\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"SSH-2.0-fake\n");
+    let (line, rest) = backend.join().unwrap();
+    assert_eq!(line, b"CONNECT 22");
+    assert_eq!(rest, b"SSH-2.0-client\n");
+}
+
+#[test]
+fn vm_start_and_stop_report_bus_and_name_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let run = |bin: &str, vm: &str| {
+        Command::new(bin)
+            .env("VMSILO_CONFIG", &cfg)
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                format!("unix:path={}", dir.path().join("no-bus").display()),
+            )
+            .arg(vm)
+            .output()
+            .unwrap()
+    };
+    let out = run(VM_START, "nosuch");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no VM named \"nosuch\""));
+    // The dependency's unit is started first.
+    let out = run(VM_START, "work");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("cannot start vmsilo-net-vm.service: cannot connect to the system D-Bus"),
+        "{err}"
+    );
+    let out = run(VM_STOP, "work");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot stop vmsilo-work-vm.service: cannot connect to the system D-Bus"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generated_bash_completion_completes_vm_names_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let script = Command::new(env!("CARGO_BIN_EXE_vmsilo"))
+        .env("VMSILO_COMPLETION_ABSOLUTE", "1")
+        .args(["completions", "bash", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let script_path = dir.path().join("vmsilo.bash");
+    std::fs::write(&script_path, &script.stdout).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(vm-start ''); COMP_CWORD=1; _vm__start vm-start '' vm-start; echo \"${{COMPREPLY[@]}}\"; \
+             COMP_WORDS=(vm-shell --ssh w); COMP_CWORD=2; _vm__shell vm-shell w --ssh; echo \"${{COMPREPLY[@]}}\"",
+            script_path.display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].split(' ').any(|w| w == "work") && lines[0].split(' ').any(|w| w == "net"),
+        "{text}"
+    );
+    assert_eq!(lines[1], "work", "{text}");
+}
