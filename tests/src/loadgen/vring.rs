@@ -1,0 +1,326 @@
+//! The driver (guest) side of a split virtqueue, as a virtio-net guest driver runs it.
+//!
+//! Descriptor `i` always points at buffer `i` of the queue's own buffer area, so a buffer needs
+//! no allocation and a TX buffer that still holds the right frame need not be rewritten. The ring
+//! honours `VIRTIO_RING_F_EVENT_IDX` in both directions (kick only when the device's
+//! `avail_event` asks for it; ask for an interrupt by writing `used_event`), or the flag-based
+//! suppression without it. Everything the device writes (used ring entries) is checked before
+//! use: a backend handing back an unknown or duplicate id or an oversized length is an error,
+//! not a crash.
+
+use std::sync::atomic::{Ordering, fence};
+
+use vhost::VringConfigData;
+use vhost::vhost_user::message::VhostUserVringAddrFlags;
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::Bytes;
+
+use super::memory::{GuestMem, MemoryError};
+
+/// Errors from the driver-side ring.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum VringError {
+    /// The queue size is not a power of two in 1..=32768.
+    #[error("queue size {0} is not a power of two between 1 and 32768")]
+    BadSize(u16),
+    /// The device returned an id that is out of range or not in flight.
+    #[error("device returned descriptor id {id} which is not in flight")]
+    BadUsedId {
+        /// The id from the used ring.
+        id: u32,
+    },
+    /// The device claimed to write more than the buffer holds.
+    #[error("device used {len} bytes of descriptor {id}, but the buffer holds {cap}")]
+    BadUsedLen {
+        /// The descriptor id.
+        id: u16,
+        /// The length from the used ring.
+        len: u32,
+        /// The buffer size.
+        cap: u32,
+    },
+    /// Guest memory access failed (cannot happen for addresses this module laid out).
+    #[error("guest memory access at {addr:#x} failed: {message}")]
+    Memory {
+        /// Guest address.
+        addr: u64,
+        /// vm-memory's message.
+        message: String,
+    },
+}
+
+/// Where a ring lives and what it may use.
+#[derive(Debug, Clone, Copy)]
+pub struct VringLayout {
+    /// Number of descriptors (power of two).
+    pub size: u16,
+    /// Guest address of the descriptor table.
+    pub desc: u64,
+    /// Guest address of the available ring.
+    pub avail: u64,
+    /// Guest address of the used ring.
+    pub used: u64,
+    /// Guest address of buffer 0; buffer `i` is at `bufs + i * buf_size`.
+    pub bufs: u64,
+    /// Bytes per buffer.
+    pub buf_size: u32,
+}
+
+impl VringLayout {
+    /// Allocate the rings and `size` buffers of `buf_size` bytes in `mem`.
+    pub fn allocate(mem: &mut GuestMem, size: u16, buf_size: u32) -> Result<Self, AllocError> {
+        if !size.is_power_of_two() || size > 32768 {
+            return Err(AllocError::Vring(VringError::BadSize(size)));
+        }
+        let n = usize::from(size);
+        Ok(Self {
+            size,
+            desc: mem.alloc(16 * n, 4096)?,
+            avail: mem.alloc(6 + 2 * n, 4096)?,
+            used: mem.alloc(6 + 8 * n, 4096)?,
+            bufs: mem.alloc(n * buf_size as usize, 4096)?,
+            buf_size,
+        })
+    }
+
+    /// SET_VRING_ADDR's payload: ring addresses in the frontend's own address space, as QEMU
+    /// and crosvm send them (the backend translates them through the memory table).
+    pub fn config(&self, mem: &GuestMem) -> VringConfigData {
+        VringConfigData {
+            queue_max_size: self.size,
+            queue_size: self.size,
+            flags: VhostUserVringAddrFlags::empty().bits(),
+            desc_table_addr: mem.host_addr(self.desc),
+            used_ring_addr: mem.host_addr(self.used),
+            avail_ring_addr: mem.host_addr(self.avail),
+            log_addr: None,
+        }
+    }
+
+    /// Guest address of buffer `id`.
+    pub fn buf_addr(&self, id: u16) -> u64 {
+        self.bufs + u64::from(id) * u64::from(self.buf_size)
+    }
+}
+
+/// Errors from laying out a ring.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// Bad parameters.
+    #[error(transparent)]
+    Vring(#[from] VringError),
+    /// Not enough guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+}
+
+/// Driver state of one split virtqueue.
+pub struct Vring {
+    layout: VringLayout,
+    event_idx: bool,
+    /// Next free slot in the available ring (not yet visible to the device).
+    avail_idx: u16,
+    /// avail idx the device last saw.
+    published: u16,
+    /// Used entries consumed so far.
+    last_used: u16,
+    /// The device's used idx as last loaded.
+    used_cache: u16,
+    free: Vec<u16>,
+    in_flight: Vec<bool>,
+}
+
+fn mem_err(addr: u64) -> impl FnOnce(vm_memory::VolatileMemoryError) -> VringError {
+    move |e| VringError::Memory {
+        addr,
+        message: e.to_string(),
+    }
+}
+
+impl Vring {
+    /// A fresh ring (all descriptors free, interrupts suppressed) over `layout`; zeroes the
+    /// ring headers so that a reused layout starts clean.
+    pub fn new(mem: &GuestMem, layout: VringLayout, event_idx: bool) -> Result<Self, VringError> {
+        let s = mem.slice();
+        let flags = if event_idx {
+            0
+        } else {
+            VRING_AVAIL_F_NO_INTERRUPT as u16
+        };
+        s.store(flags, layout.avail as usize, Ordering::Relaxed)
+            .map_err(mem_err(layout.avail))?;
+        s.store(0u16, layout.avail as usize + 2, Ordering::Relaxed)
+            .map_err(mem_err(layout.avail))?;
+        s.store(0u32, layout.used as usize, Ordering::Relaxed)
+            .map_err(mem_err(layout.used))?;
+        let n = layout.size;
+        Ok(Self {
+            layout,
+            event_idx,
+            avail_idx: 0,
+            published: 0,
+            last_used: 0,
+            used_cache: 0,
+            free: (0..n).rev().collect(),
+            in_flight: vec![false; usize::from(n)],
+        })
+    }
+
+    /// The ring's layout.
+    pub fn layout(&self) -> &VringLayout {
+        &self.layout
+    }
+
+    /// Descriptors not currently owned by the device.
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Take a free descriptor id (its buffer is ours to fill).
+    pub fn take_free(&mut self) -> Option<u16> {
+        self.free.pop()
+    }
+
+    /// Return an id (from [`take_free`](Self::take_free) or [`pop_used`](Self::pop_used)) to
+    /// the free list without posting it.
+    pub fn give_back(&mut self, id: u16) {
+        self.free.push(id);
+    }
+
+    /// Hand descriptor `id` (buffer `id`, `len` bytes; device-writable if `write`) to the device.
+    /// It becomes visible at the next [`publish`](Self::publish).
+    pub fn post(
+        &mut self,
+        mem: &GuestMem,
+        id: u16,
+        len: u32,
+        write: bool,
+    ) -> Result<(), VringError> {
+        let l = &self.layout;
+        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+        let desc = Descriptor::new(l.buf_addr(id), len.min(l.buf_size), flags, 0);
+        let s = mem.slice();
+        let at = l.desc + 16 * u64::from(id);
+        s.write_obj(desc, at as usize).map_err(mem_err(at))?;
+        let slot = l.avail + 4 + 2 * u64::from(self.avail_idx & (l.size - 1));
+        s.store(id, slot as usize, Ordering::Relaxed)
+            .map_err(mem_err(slot))?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.in_flight[usize::from(id)] = true;
+        Ok(())
+    }
+
+    /// Make posted descriptors visible; returns whether the device wants a kick for them.
+    pub fn publish(&mut self, mem: &GuestMem) -> Result<bool, VringError> {
+        if self.avail_idx == self.published {
+            return Ok(false);
+        }
+        let l = &self.layout;
+        let s = mem.slice();
+        let idx_at = l.avail + 2;
+        // Release: descriptors and buffers are written before the device can see the index.
+        s.store(self.avail_idx, idx_at as usize, Ordering::Release)
+            .map_err(mem_err(idx_at))?;
+        // The index store must be visible before we read the device's suppression state, or
+        // both sides could decide the other one will act (virtio's mb() here).
+        fence(Ordering::SeqCst);
+        let old = self.published;
+        self.published = self.avail_idx;
+        if self.event_idx {
+            let at = l.used + 4 + 8 * u64::from(l.size);
+            let avail_event: u16 = s
+                .load(at as usize, Ordering::Acquire)
+                .map_err(mem_err(at))?;
+            Ok(need_event(avail_event, self.avail_idx, old))
+        } else {
+            let flags: u16 = s
+                .load(l.used as usize, Ordering::Acquire)
+                .map_err(mem_err(l.used))?;
+            Ok(flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
+        }
+    }
+
+    /// The next used entry `(id, len)`, if the device returned one. The id is the caller's
+    /// again: [`post`](Self::post) it anew or [`give_back`](Self::give_back) it.
+    pub fn pop_used(&mut self, mem: &GuestMem) -> Result<Option<(u16, u32)>, VringError> {
+        let l = self.layout;
+        let s = mem.slice();
+        if self.used_cache == self.last_used {
+            let at = l.used + 2;
+            // Acquire: the used element and written buffers are visible once the index is.
+            self.used_cache = s
+                .load(at as usize, Ordering::Acquire)
+                .map_err(mem_err(at))?;
+            if self.used_cache == self.last_used {
+                return Ok(None);
+            }
+        }
+        let elem = l.used + 4 + 8 * u64::from(self.last_used & (l.size - 1));
+        let id: u32 = s
+            .load(elem as usize, Ordering::Relaxed)
+            .map_err(mem_err(elem))?;
+        let len: u32 = s
+            .load(elem as usize + 4, Ordering::Relaxed)
+            .map_err(mem_err(elem))?;
+        self.last_used = self.last_used.wrapping_add(1);
+        let idx = usize::try_from(id).unwrap_or(usize::MAX);
+        if !self.in_flight.get(idx).copied().unwrap_or(false) {
+            return Err(VringError::BadUsedId { id });
+        }
+        let id = idx as u16;
+        self.in_flight[idx] = false;
+        if len > l.buf_size {
+            return Err(VringError::BadUsedLen {
+                id,
+                len,
+                cap: l.buf_size,
+            });
+        }
+        Ok(Some((id, len)))
+    }
+
+    /// Ask the device to signal the call eventfd for the next used entry. Returns true when an
+    /// entry is already pending (the caller must not sleep then).
+    pub fn enable_interrupts(&mut self, mem: &GuestMem) -> Result<bool, VringError> {
+        let l = &self.layout;
+        let s = mem.slice();
+        if self.event_idx {
+            let at = l.avail + 4 + 2 * u64::from(l.size);
+            s.store(self.last_used, at as usize, Ordering::Relaxed)
+                .map_err(mem_err(at))?;
+        } else {
+            s.store(0u16, l.avail as usize, Ordering::Relaxed)
+                .map_err(mem_err(l.avail))?;
+        }
+        fence(Ordering::SeqCst);
+        let at = l.used + 2;
+        let used: u16 = s
+            .load(at as usize, Ordering::Acquire)
+            .map_err(mem_err(at))?;
+        Ok(used != self.last_used)
+    }
+
+    /// Tell the device we are polling and need no interrupts.
+    pub fn disable_interrupts(&mut self, mem: &GuestMem) -> Result<(), VringError> {
+        if !self.event_idx {
+            let l = &self.layout;
+            mem.slice()
+                .store(
+                    VRING_AVAIL_F_NO_INTERRUPT as u16,
+                    l.avail as usize,
+                    Ordering::Relaxed,
+                )
+                .map_err(mem_err(l.avail))?;
+        }
+        // With EVENT_IDX a stale used_event already means "no interrupt" until the index wraps.
+        Ok(())
+    }
+}
+
+/// virtio's `vring_need_event`: has the index moved from `old` to `new` past `event`?
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
