@@ -10,7 +10,7 @@ APT_PACKAGES=(
   # static probes and test binaries
   gcc libc6-dev
   # desktop entries are checked with desktop-file-validate
-  desktop-file-utils
+  desktop-file-utils libxml2-utils
   # the tray is tested on a private D-Bus
   dbus
   # smithay's test compositor links libxkbcommon

@@ -27,6 +27,9 @@ pub enum Command {
     /// Show what vmsilo sets up for each VM: crosvm command, kernel command line, network,
     /// runtime paths and systemd units.
     Plan(PlanArgs),
+    /// Generate host desktop entries, VM-coloured icons and a menu folder per VM from each VM's
+    /// guest program packages (run at build time).
+    Desktop(DesktopArgs),
 }
 
 /// Which configuration document to read.
@@ -55,4 +58,29 @@ pub struct PlanArgs {
     /// Compute paths below this directory instead of /, to try things without root.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+}
+
+/// Arguments of `vmsilo desktop`.
+#[derive(Debug, Args)]
+pub struct DesktopArgs {
+    /// The configuration document whose VMs' guestPrograms are read.
+    #[arg(long, value_name = "CONFIG")]
+    pub config: PathBuf,
+
+    /// Output directory; gets share/applications, share/icons, share/desktop-directories and
+    /// etc/xdg/menus/applications-merged.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// The vm-run program entries launch (a name on PATH or an absolute path).
+    #[arg(long, value_name = "PATH", default_value = "vm-run")]
+    pub vm_run: String,
+
+    /// Host terminal command that runs the rest of its arguments, for Terminal=true entries.
+    #[arg(long, value_name = "COMMAND", default_value = "konsole -e")]
+    pub terminal: String,
+
+    /// Extra directory searched for icons a package names but doesn't ship (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub icon_dir: Vec<PathBuf>,
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{Cli, Command, ConfigArg, PlanArgs};
+use crate::cli::{Cli, Command, ConfigArg, DesktopArgs, PlanArgs};
 use crate::config::{self, Config, ConfigError, Source};
 use crate::paths::Paths;
 use crate::plan::Plan;
@@ -15,6 +15,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Plan(args) => plan(&args),
+        Command::Desktop(args) => desktop(&args),
     }
 }
 
@@ -77,5 +78,40 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
     } else {
         write!(out, "{plan}")?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn desktop(args: &DesktopArgs) -> Result<ExitCode> {
+    let config = match config::load(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {}", crate::error_chain(&err));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let opts = crate::desktop::Options {
+        launch: crate::desktop::Launch {
+            vm_run: args.vm_run.clone(),
+            terminal: crate::desktop::parse_terminal(&args.terminal)?,
+        },
+        icon_dirs: args.icon_dir.clone(),
+    };
+    let vms = crate::desktop::VmApps::from_config(&config);
+    let report = crate::desktop::generate(&vms, &opts, &args.out)?;
+    for skipped in &report.skipped {
+        eprintln!(
+            "vmsilo: {}: skipped {}: {}",
+            skipped.vm,
+            skipped.source.display(),
+            skipped.reason
+        );
+    }
+    println!(
+        "{} desktop entries for {} VM{} in {}",
+        report.generated.len(),
+        vms.len(),
+        if vms.len() == 1 { "" } else { "s" },
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,8 @@
 //! | [`crosvm`] | the crosvm command line of a VM |
 //! | [`plan`] | everything vmsilo would set up for each VM, as text or JSON |
 //! | [`cli`] | the `vmsilo` command's arguments |
+//! | [`desktop`] | host desktop entries, icons and menu folders generated from guest packages |
+//! | [`tray`] | the `vmsilo-tray` StatusNotifierItem: VM states, start/stop, app menus |
 //! | [`commands`] | what each `vmsilo` subcommand does |
 
 pub mod cli;
@@ -15,8 +17,10 @@ pub mod commands;
 pub mod config;
 pub mod crosvm;
 pub mod derive;
+pub mod desktop;
 pub mod paths;
 pub mod plan;
+pub mod tray;
 
 /// An error and its causes on one line, `outer: inner: root`, for the top-level report.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

@@ -6,6 +6,7 @@
 
 pub mod compositor;
 pub mod loadgen;
+pub mod switch;
 
 use std::path::{Path, PathBuf};
 

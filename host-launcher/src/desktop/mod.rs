@@ -1,0 +1,350 @@
+//! Host desktop integration generated from each VM's guest program packages.
+//!
+//! `vmsilo desktop --config CONFIG --out DIR` runs at Nix build time. For every VM and every
+//! package in its `guestPrograms` it reads `share/applications/**/*.desktop` and writes, below
+//! `DIR`:
+//!
+//! | file | what |
+//! |---|---|
+//! | `share/applications/vmsilo-<vm>-<id>.desktop` | host entry launching the guest program through `vm-run` ([`entry`]) |
+//! | `share/icons/hicolor/scalable/apps/vmsilo-<vm>-<id>.svg` | the original icon framed in the VM colour ([`icon`]) |
+//! | `share/icons/hicolor/scalable/apps/vmsilo-<vm>.svg` | the VM's menu folder icon |
+//! | `share/desktop-directories/vmsilo-<vm>.directory` | the VM's menu folder ([`menu`]) |
+//! | `etc/xdg/menus/applications-merged/vmsilo-<vm>.menu` | puts the VM's entries in that folder |
+//!
+//! `<id>` is the original desktop file ID (its path below `applications/`, `/` turned into `-`,
+//! without `.desktop`), so names are unique per VM and stable across rebuilds; when two packages
+//! of one VM ship the same ID the first package wins, as in XDG lookup. No output is ever named
+//! `org.vmsilo.<vm>.desktop`: KWin grants privileges to the app_id matching a desktop file name,
+//! and `org.vmsilo.<vm>` is the app_id every window of that VM gets.
+
+pub mod entry;
+pub mod exec;
+pub mod icon;
+pub mod keyfile;
+pub mod menu;
+
+use std::path::{Path, PathBuf};
+
+use freedesktop_desktop_entry::DesktopEntry;
+use thiserror::Error;
+
+pub use entry::{Launch, Skip};
+
+/// Desktop files bigger than this are skipped as broken or hostile.
+pub const MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+/// At most this many desktop files are read per package.
+pub const MAX_ENTRIES_PER_PACKAGE: usize = 4096;
+
+/// One VM as the generator sees it.
+#[derive(Debug, Clone)]
+pub struct VmApps {
+    /// VM name.
+    pub name: String,
+    /// Colour, `#rrggbb`.
+    pub color: String,
+    /// Guest program package roots (Nix store paths; the same path inside the guest).
+    pub packages: Vec<PathBuf>,
+}
+
+impl VmApps {
+    /// Every VM of a configuration, in document order.
+    pub fn from_config(config: &crate::config::Config) -> Vec<Self> {
+        config
+            .nixos_vms
+            .iter()
+            .map(|vm| Self {
+                name: vm.name.clone(),
+                color: vm.color.to_string(),
+                packages: vm.guest_programs.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Settings of one generator run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How entries launch programs.
+    pub launch: Launch,
+    /// Extra directories searched for icons the packages don't ship.
+    pub icon_dirs: Vec<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            launch: Launch {
+                vm_run: "vm-run".to_owned(),
+                terminal: vec!["konsole".to_owned(), "-e".to_owned()],
+            },
+            icon_dirs: Vec::new(),
+        }
+    }
+}
+
+/// Errors that stop the generator (a single bad guest entry only skips that entry).
+#[derive(Debug, Error)]
+pub enum DesktopError {
+    /// Writing an output file failed.
+    #[error("writing {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A VM name that can't be part of a file name.
+    #[error("VM name {0:?} can't be used in a desktop file name")]
+    BadVmName(String),
+    /// An output name KWin would treat as the VM's own app_id.
+    #[error("refusing to write {0}: KWin would grant that app_id privileges")]
+    ForbiddenName(String),
+    /// The terminal command is unusable.
+    #[error("terminal command {0:?} is empty or not a plain command line")]
+    BadTerminal(String),
+}
+
+/// One host entry written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// VM name.
+    pub vm: String,
+    /// Path of the written desktop file.
+    pub desktop_file: PathBuf,
+    /// Path of the composed icon.
+    pub icon_file: PathBuf,
+    /// The original desktop file.
+    pub source: PathBuf,
+    /// Whether the original icon was found (otherwise a letter badge).
+    pub icon_found: bool,
+}
+
+/// One guest entry skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// VM name.
+    pub vm: String,
+    /// The original desktop file.
+    pub source: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Entries written.
+    pub generated: Vec<Generated>,
+    /// Entries skipped.
+    pub skipped: Vec<Skipped>,
+    /// Every file written (entries, icons, menus), for validation.
+    pub files: Vec<PathBuf>,
+}
+
+/// Whether `name` is safe as part of a file name and menu name.
+fn vm_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Keep a desktop file ID inside the characters desktop-file-validate accepts for file names.
+fn sanitize_id(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The desktop files of one package as (desktop file ID, path), sorted by ID.
+fn package_entries(pkg: &Path) -> Vec<(String, PathBuf)> {
+    fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<(String, PathBuf)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut ents: Vec<_> = rd.flatten().collect();
+        ents.sort_by_key(|e| e.file_name());
+        for ent in ents {
+            if out.len() >= MAX_ENTRIES_PER_PACKAGE {
+                return;
+            }
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let path = ent.path();
+            // Follow symlinks: Nix packages often link entries from elsewhere in the store.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if depth > 0 {
+                    walk(&path, &format!("{prefix}{name}-"), depth - 1, out);
+                }
+            } else if let Some(stem) = name.strip_suffix(".desktop") {
+                out.push((format!("{prefix}{stem}"), path));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&pkg.join("share/applications"), "", 3, &mut out);
+    out.sort();
+    out
+}
+
+/// Generate the host desktop integration for `vms` into `out`.
+pub fn generate(vms: &[VmApps], opts: &Options, out: &Path) -> Result<Report, DesktopError> {
+    let mut report = Report::default();
+    let apps_dir = out.join("share/applications");
+    let icons_dir = out.join("share/icons/hicolor/scalable/apps");
+    let dirs_dir = out.join("share/desktop-directories");
+    let menus_dir = out.join("etc/xdg/menus/applications-merged");
+    for vm in vms {
+        if !vm_name_ok(&vm.name) {
+            return Err(DesktopError::BadVmName(vm.name.clone()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for pkg in &vm.packages {
+            for (id, path) in package_entries(pkg) {
+                let skip = |reason: String, report: &mut Report| {
+                    tracing::info!(vm = %vm.name, source = %path.display(), %reason, "skipped");
+                    report.skipped.push(Skipped {
+                        vm: vm.name.clone(),
+                        source: path.clone(),
+                        reason,
+                    });
+                };
+                if !seen.insert(id.clone()) {
+                    skip(
+                        format!("desktop file ID {id} already provided by an earlier package"),
+                        &mut report,
+                    );
+                    continue;
+                }
+                let text = match read_bounded(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        skip(e, &mut report);
+                        continue;
+                    }
+                };
+                let parsed = match DesktopEntry::from_str(&path, &text, None::<&[&str]>) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        skip(format!("unparsable desktop file: {e}"), &mut report);
+                        continue;
+                    }
+                };
+                let stem = format!("vmsilo-{}-{}", vm.name, sanitize_id(&id));
+                let file_name = format!("{stem}.desktop");
+                if file_name == format!("org.vmsilo.{}.desktop", vm.name) {
+                    return Err(DesktopError::ForbiddenName(file_name));
+                }
+                let guest_path = path.to_string_lossy().into_owned();
+                let ctx = entry::Context {
+                    vm: &vm.name,
+                    icon_name: &stem,
+                    guest_entry_path: &guest_path,
+                    launch: &opts.launch,
+                };
+                let host = match entry::convert(&parsed, &ctx) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        skip(e.to_string(), &mut report);
+                        continue;
+                    }
+                };
+                let source = host
+                    .original_icon
+                    .as_deref()
+                    .and_then(|i| icon::find_icon(i, &vm.packages, &opts.icon_dirs));
+                let svg = icon::compose_app_icon(source.as_ref(), &vm.color, &host.name);
+                let desktop_file = apps_dir.join(&file_name);
+                let icon_file = icons_dir.join(format!("{stem}.svg"));
+                write(&desktop_file, &host.text)?;
+                write(&icon_file, &svg)?;
+                report.files.push(desktop_file.clone());
+                report.files.push(icon_file.clone());
+                report.generated.push(Generated {
+                    vm: vm.name.clone(),
+                    desktop_file,
+                    icon_file,
+                    source: path.clone(),
+                    icon_found: source.is_some(),
+                });
+            }
+        }
+        // The VM's menu folder.
+        let folder = menu::folder_id(&vm.name);
+        let folder_icon = icons_dir.join(format!("{folder}.svg"));
+        let directory = dirs_dir.join(format!("{folder}.directory"));
+        let menu_file = menus_dir.join(format!("{folder}.menu"));
+        write(
+            &folder_icon,
+            &icon::compose_folder_icon(&vm.color, &format!("{} VM", vm.name)),
+        )?;
+        write(&directory, &menu::directory_file(&vm.name, &folder))?;
+        write(&menu_file, &menu::menu_file(&vm.name))?;
+        report.files.extend([folder_icon, directory, menu_file]);
+    }
+    Ok(report)
+}
+
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("reading: {e}"))?;
+    if meta.len() > MAX_ENTRY_BYTES {
+        return Err(format!("larger than {MAX_ENTRY_BYTES} bytes"));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("reading: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), DesktopError> {
+    let err = |source| DesktopError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    std::fs::write(path, text).map_err(err)
+}
+
+/// Parse a terminal command line such as `konsole -e` into its arguments.
+pub fn parse_terminal(cmd: &str) -> Result<Vec<String>, DesktopError> {
+    let bad = || DesktopError::BadTerminal(cmd.to_owned());
+    let args = exec::parse(cmd).map_err(|_| bad())?;
+    let words: Vec<String> = args.iter().filter_map(exec::Arg::as_literal).collect();
+    if words.is_empty() || words.len() != args.len() {
+        return Err(bad());
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn vm_names_and_ids() {
+        assert!(vm_name_ok("banking-2"));
+        assert!(!vm_name_ok("a/b"));
+        assert!(!vm_name_ok(""));
+        assert_eq!(sanitize_id("kde4-foo bar+x"), "kde4-foo_bar_x");
+    }
+
+    #[test]
+    fn terminal_parsing() {
+        assert_eq!(parse_terminal("konsole -e").unwrap(), ["konsole", "-e"]);
+        assert_eq!(parse_terminal("\"my term\" -x").unwrap(), ["my term", "-x"]);
+        assert!(parse_terminal("").is_err());
+        assert!(parse_terminal("xterm %u").is_err());
+    }
+}

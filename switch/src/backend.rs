@@ -1,0 +1,466 @@
+//! The vhost-user-net device one child serves to its VM.
+//!
+//! Two queues (RX 0, TX 1) on one worker thread. The same worker's epoll also watches the
+//! control socket, the ingress rings' data eventfds and the egress rings' space eventfds, so all
+//! switching state is touched by one thread. Offered: VERSION_1, MAC (via CONFIG), STATUS,
+//! EVENT_IDX, INDIRECT_DESC, and the MQ + CONFIG protocol features (crosvm assumes three queues
+//! without MQ). Any queue size up to 32768 the VMM picks is accepted.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VringEpollHandler, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{QueueT, Reader, Writer};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::control::{self, ControlError};
+use crate::offload::{self, Adapted, Offloads};
+use crate::datapath::{self, Datapath, Delivery, EV_CTL, MAX_FRAME, Reg, VNET_HDR};
+
+/// Largest queue size accepted (the virtio maximum for split queues).
+pub const MAX_QUEUE_SIZE: usize = 32768;
+const RX: usize = 0;
+const TX: usize = 1;
+
+/// Guest memory type used by the backend.
+pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
+/// The shared backend handle the vhost-user daemon drives.
+pub type SharedBackend = Arc<Mutex<NetBackend>>;
+/// The worker's epoll handler type.
+pub type Handler = VringEpollHandler<SharedBackend>;
+
+/// Counters for hostile-guest handling.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuestErrors {
+    /// Descriptor chains that could not be mapped (outside guest memory, overflow, ...).
+    pub bad_chains: u64,
+    /// TX frames with a length of zero, below a header, or above [`MAX_FRAME`].
+    pub bad_lengths: u64,
+    /// RX chains too small for the frame.
+    pub small_rx_buffers: u64,
+    /// TX frames whose virtio-net header asked for offloads not negotiated or made no sense.
+    pub bad_offload_headers: u64,
+    /// Frames from peers dropped because they could not be adapted for this guest.
+    pub unadaptable: u64,
+}
+
+/// Most frames queued for our guest after software segmentation of one super-frame.
+const MAX_BACKLOG: usize = 128;
+
+/// One VM's vhost-user-net device.
+pub struct NetBackend {
+    dp: Datapath,
+    ctl: OwnedFd,
+    mem: Option<GuestMem>,
+    event_idx: bool,
+    acked: u64,
+    handler: Option<Arc<Handler>>,
+    scratch: Vec<u8>,
+    offloads: Offloads,
+    mrg_rxbuf: bool,
+    backlog: std::collections::VecDeque<Vec<u8>>,
+    /// Hostile-guest counters.
+    pub guest_errors: GuestErrors,
+    /// Set when the control socket closed: main is gone.
+    pub orphaned: bool,
+    /// Test hook (see [`crate::child::SECCOMP_PROBE_ENV`]).
+    pub seccomp_probe: bool,
+}
+
+impl NetBackend {
+    /// A backend over `dp`, receiving control messages on `ctl`.
+    pub fn new(dp: Datapath, ctl: OwnedFd) -> Self {
+        NetBackend {
+            dp,
+            ctl,
+            mem: None,
+            event_idx: false,
+            acked: 0,
+            handler: None,
+            scratch: Vec::with_capacity(2048),
+            offloads: Offloads::default(),
+            mrg_rxbuf: false,
+            backlog: std::collections::VecDeque::new(),
+            guest_errors: GuestErrors::default(),
+            orphaned: false,
+            seccomp_probe: false,
+        }
+    }
+
+    /// The switching state.
+    pub fn datapath(&self) -> &Datapath {
+        &self.dp
+    }
+
+    /// Remember the worker's epoll handler and register the control socket and any rings.
+    pub fn attach_handler(&mut self, h: Arc<Handler>) -> std::io::Result<()> {
+        h.register_listener(self.ctl.as_raw_fd(), EventSet::IN, u64::from(EV_CTL))?;
+        for Reg::Add(fd, id) in self.dp.all_registrations() {
+            h.register_listener(fd, EventSet::IN, u64::from(id))?;
+        }
+        self.handler = Some(h);
+        Ok(())
+    }
+
+    fn apply(&self, regs: Vec<Reg>) {
+        let Some(h) = &self.handler else { return };
+        for Reg::Add(fd, id) in regs {
+            if let Err(e) = h.register_listener(fd, EventSet::IN, u64::from(id)) {
+                tracing::warn!(error = %e, id, "cannot watch ring descriptor");
+            }
+        }
+    }
+
+    /// Read and apply all queued control messages.
+    pub fn poll_ctl(&mut self) {
+        loop {
+            match control::recv(self.ctl.as_fd()) {
+                Ok((msg, fds)) => {
+                    tracing::debug!(?msg, "control message");
+                    let regs = self.dp.handle_ctl(self.ctl.as_fd(), msg, fds);
+                    self.apply(regs);
+                }
+                Err(ControlError::WouldBlock) => return,
+                Err(ControlError::Closed) => {
+                    self.orphaned = true;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad control message ignored");
+                }
+            }
+        }
+    }
+
+    /// Read every available TX chain, switch the frames, and return the chains.
+    pub fn process_tx(&mut self, txq: &VringRwLock) {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return;
+        };
+        let mut used_any = false;
+        loop {
+            if self.event_idx {
+                let _ = txq.disable_notification();
+            }
+            loop {
+                let chain = {
+                    let mut st = txq.get_mut();
+                    st.get_queue_mut().pop_descriptor_chain(mem.clone())
+                };
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                if self.seccomp_probe {
+                    tracing::warn!("seccomp probe: calling socket(), which children may not");
+                    // SAFETY: a plain socket() call; under the child filter it never returns.
+                    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+                    if fd >= 0 {
+                        // SAFETY: closing the descriptor we just got (seccomp was off).
+                        unsafe { libc::close(fd) };
+                    }
+                    self.seccomp_probe = false;
+                }
+                match Reader::new(&*mem, chain) {
+                    Ok(mut r) => {
+                        let n = r.available_bytes();
+                        if !(VNET_HDR..=MAX_FRAME).contains(&n) {
+                            self.guest_errors.bad_lengths += 1;
+                        } else {
+                            self.scratch.resize(n, 0);
+                            if r.read_exact(&mut self.scratch).is_ok() {
+                                // Only offloads this guest negotiated, with sane offsets, may
+                                // reach another guest.
+                                if offload::validate(&mut self.scratch, self.offloads) {
+                                    self.dp.from_guest(&mut self.scratch);
+                                } else {
+                                    self.guest_errors.bad_offload_headers += 1;
+                                }
+                            } else {
+                                self.guest_errors.bad_chains += 1;
+                            }
+                        }
+                    }
+                    Err(_) => self.guest_errors.bad_chains += 1,
+                }
+                if txq.add_used(head, 0).is_err() {
+                    self.guest_errors.bad_chains += 1;
+                }
+                used_any = true;
+            }
+            if !self.event_idx || !txq.enable_notification().unwrap_or(false) {
+                break;
+            }
+        }
+        if used_any && txq.needs_notification().unwrap_or(true) {
+            let _ = txq.signal_used_queue();
+        }
+        self.dp.flush();
+    }
+
+    /// Move waiting frames into the guest's RX buffers.
+    pub fn deliver(&mut self, rxq: &VringRwLock) {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return;
+        };
+        if !rxq.get_ref().get_queue().ready() {
+            return;
+        }
+        let mut used_any = false;
+        let neg = self.offloads;
+        let mrg = self.mrg_rxbuf;
+        loop {
+            let mut ran_out = false;
+            // Segments left over from an earlier super-frame go first.
+            while let Some(mut f) = self.backlog.pop_front() {
+                match write_frame(rxq, &mem, &mut f, mrg, &mut self.guest_errors) {
+                    Delivery::NoBuffer => {
+                        self.backlog.push_front(f);
+                        ran_out = true;
+                        break;
+                    }
+                    _ => used_any = true,
+                }
+            }
+            if !ran_out {
+                let errors = &mut self.guest_errors;
+                let backlog = &mut self.backlog;
+                let mut sink = |frame: &mut [u8]| -> Delivery {
+                    if !backlog.is_empty() {
+                        ran_out = true;
+                        return Delivery::NoBuffer;
+                    }
+                    match offload::adapt_in_place(frame, neg) {
+                        Adapted::AsIs => {
+                            let d = write_frame(rxq, &mem, frame, mrg, errors);
+                            match d {
+                                Delivery::NoBuffer => ran_out = true,
+                                _ => used_any = true,
+                            }
+                            d
+                        }
+                        Adapted::Drop => {
+                            errors.unadaptable += 1;
+                            Delivery::Dropped
+                        }
+                        Adapted::Segments(segs) => {
+                            // The frame is consumed; segments that do not fit wait here.
+                            for mut seg in segs {
+                                if backlog.is_empty() {
+                                    match write_frame(rxq, &mem, &mut seg, mrg, errors) {
+                                        Delivery::NoBuffer => {
+                                            ran_out = true;
+                                            backlog.push_back(seg);
+                                        }
+                                        _ => used_any = true,
+                                    }
+                                } else if backlog.len() < MAX_BACKLOG {
+                                    backlog.push_back(seg);
+                                }
+                            }
+                            Delivery::Delivered
+                        }
+                    }
+                };
+                self.dp.to_guest(&mut sink);
+            }
+            // Ask for a kick when buffers are added; if some arrived meanwhile, go again.
+            let more = rxq.enable_notification().unwrap_or(false);
+            if !(ran_out && more) {
+                break;
+            }
+        }
+        if used_any && rxq.needs_notification().unwrap_or(true) {
+            let _ = rxq.signal_used_queue();
+        }
+    }
+}
+
+/// Write one frame (virtio-net header included) into the guest's RX queue, across several
+/// buffers when mergeable RX buffers were negotiated.
+fn write_frame(
+    rxq: &VringRwLock,
+    mem: &vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
+    frame: &mut [u8],
+    mrg: bool,
+    errors: &mut GuestErrors,
+) -> Delivery {
+    let mut chains: Vec<(u16, Writer<'_>)> = Vec::new();
+    let mut cap = 0usize;
+    let mut bad = false;
+    while cap < frame.len() {
+        let chain = {
+            let mut st = rxq.get_mut();
+            st.get_queue_mut().pop_descriptor_chain(mem.clone())
+        };
+        let Some(chain) = chain else {
+            // Not enough buffers yet: give back what we took and wait for more.
+            let n = chains.len() as u16;
+            if !bad {
+                let mut st = rxq.get_mut();
+                let q = st.get_queue_mut();
+                let next = q.next_avail().wrapping_sub(n);
+                q.set_next_avail(next);
+                return Delivery::NoBuffer;
+            }
+            break;
+        };
+        let head = chain.head_index();
+        match Writer::new(&**mem, chain) {
+            Ok(w) => {
+                cap += w.available_bytes();
+                chains.push((head, w));
+            }
+            Err(_) => {
+                errors.bad_chains += 1;
+                bad = true;
+                let _ = rxq.add_used(head, 0);
+            }
+        }
+        if !mrg {
+            break;
+        }
+    }
+    if bad || cap < frame.len() || chains.is_empty() {
+        if !bad {
+            errors.small_rx_buffers += 1;
+        }
+        for (head, _) in chains {
+            let _ = rxq.add_used(head, 0);
+        }
+        return Delivery::Dropped;
+    }
+    let nbuf = chains.len() as u16;
+    frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
+    let mut off = 0;
+    for (head, mut w) in chains {
+        let n = w.available_bytes().min(frame.len() - off);
+        let ok = w.write_all(&frame[off..off + n]).is_ok();
+        if !ok {
+            errors.bad_chains += 1;
+        }
+        let _ = rxq.add_used(head, if ok { n as u32 } else { 0 });
+        off += n;
+    }
+    Delivery::Delivered
+}
+
+impl VhostUserBackendMut for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        2
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_NET_F_CSUM
+            | 1 << VIRTIO_NET_F_GUEST_CSUM
+            | 1 << VIRTIO_NET_F_HOST_TSO4
+            | 1 << VIRTIO_NET_F_HOST_TSO6
+            | 1 << VIRTIO_NET_F_HOST_ECN
+            | 1 << VIRTIO_NET_F_GUEST_TSO4
+            | 1 << VIRTIO_NET_F_GUEST_TSO6
+            | 1 << VIRTIO_NET_F_GUEST_ECN
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
+            | 1 << VIRTIO_NET_F_MAC
+            | 1 << VIRTIO_NET_F_STATUS
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        self.acked = features;
+        let has = |bit: u32| features & (1 << bit) != 0;
+        self.offloads = Offloads {
+            tx_csum: has(VIRTIO_NET_F_CSUM),
+            tx_tso4: has(VIRTIO_NET_F_HOST_TSO4),
+            tx_tso6: has(VIRTIO_NET_F_HOST_TSO6),
+            tx_ecn: has(VIRTIO_NET_F_HOST_ECN),
+            rx_csum: has(VIRTIO_NET_F_GUEST_CSUM),
+            rx_tso4: has(VIRTIO_NET_F_GUEST_TSO4),
+            rx_tso6: has(VIRTIO_NET_F_GUEST_TSO6),
+            rx_ecn: has(VIRTIO_NET_F_GUEST_ECN),
+        };
+        self.mrg_rxbuf = has(VIRTIO_NET_F_MRG_RXBUF);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // struct virtio_net_config { mac[6]; status; max_virtqueue_pairs; mtu; }
+        let mut cfg = Vec::with_capacity(12);
+        cfg.extend_from_slice(&self.dp.forwarder().me().mac.0);
+        cfg.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        cfg.extend_from_slice(&1u16.to_le_bytes());
+        cfg.extend_from_slice(&1500u16.to_le_bytes());
+        let start = (offset as usize).min(cfg.len());
+        let end = start.saturating_add(size as usize).min(cfg.len());
+        let mut out = cfg[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn update_memory(&mut self, mem: GuestMem) -> std::io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> std::io::Result<()> {
+        let (Some(rxq), Some(txq)) = (vrings.get(RX), vrings.get(TX)) else {
+            return Ok(());
+        };
+        match device_event {
+            d if d as usize == RX => self.deliver(rxq),
+            d if d as usize == TX => {
+                self.process_tx(txq);
+                self.deliver(rxq);
+            }
+            EV_CTL => {
+                self.poll_ctl();
+                if self.orphaned || evset.contains(EventSet::HANG_UP) {
+                    tracing::info!("main process went away; exiting");
+                    std::process::exit(0);
+                }
+            }
+            id => match datapath::decode_ev(id) {
+                Some((slot, false)) => {
+                    self.dp.ack_ingress(slot);
+                    self.deliver(rxq);
+                }
+                Some((slot, true)) => self.dp.on_space(slot),
+                None => {}
+            },
+        }
+        Ok(())
+    }
+}

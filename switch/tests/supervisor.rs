@@ -1,0 +1,313 @@
+//! The `vm-switch` binary's main process, driven through its real interface: a config directory
+//! of peer files. No VMM needed: checks sockets, children, titles, error messages and shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Switch {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Switch {
+    fn start(dir: &Path, extra: &[&str]) -> Switch {
+        let log = dir.with_extension("log");
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
+            .args(["--name", "testnet", "--config-dir"])
+            .arg(dir)
+            .args(["--no-sandbox", "--log-level", "info"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Switch {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn children(&self) -> Vec<(u32, String)> {
+        let pid = self.child.id();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let title = String::from_utf8_lossy(&cmd)
+                    .trim_end_matches('\0')
+                    .to_string();
+                out.push((p, title));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn write_peer(dir: &Path, name: &str, body: &str) {
+    let tmp = dir.join(format!(".{name}.json.tmp"));
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.json"))).unwrap();
+}
+
+#[test]
+fn peers_come_and_go_with_their_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    write_peer(
+        &dir,
+        "alpha",
+        r#"{"name":"alpha","mac":"52:54:00:00:00:01","ipv4":["10.9.0.1/24"]}"#,
+    );
+    let sw = Switch::start(&dir, &["--seccomp-mode", "kill"]);
+    wait_for("alpha.sock", || dir.join("alpha.sock").exists());
+    wait_for("one child titled vm-switch(testnet): alpha", || {
+        sw.children()
+            .iter()
+            .any(|(_, t)| t == "vm-switch(testnet): alpha")
+    });
+
+    // Added at runtime.
+    write_peer(
+        &dir,
+        "beta",
+        r#"{"name":"beta","mac":"52:54:00:00:00:02","ipv4":["10.9.0.2/24"],"receiveBroadcast":true}"#,
+    );
+    wait_for("beta.sock", || dir.join("beta.sock").exists());
+    wait_for("two children", || sw.children().len() == 2);
+    let alpha_pid = sw
+        .children()
+        .into_iter()
+        .find(|(_, t)| t.ends_with(": alpha"))
+        .unwrap()
+        .0;
+
+    // An invalid file is reported with its path and field, and does not disturb others.
+    write_peer(
+        &dir,
+        "gamma",
+        r#"{"name":"gamma","mac":"52:54:00:00:00:03","ipv4":["10.9.0.300/24"]}"#,
+    );
+    wait_for("error naming the file and field", || {
+        let log = sw.log();
+        log.contains("gamma.json") && log.contains("ipv4[0]")
+    });
+    assert!(!dir.join("gamma.sock").exists());
+
+    // Changing beta leaves alpha's child alone.
+    write_peer(
+        &dir,
+        "beta",
+        r#"{"name":"beta","mac":"52:54:00:00:00:02","ipv4":["10.9.0.22/24"]}"#,
+    );
+    wait_for("peer changed", || sw.log().contains("peer changed"));
+    // Removed at runtime: socket and child go away, alpha stays.
+    std::fs::remove_file(dir.join("beta.json")).unwrap();
+    wait_for("beta.sock removed", || !dir.join("beta.sock").exists());
+    wait_for("one child left", || sw.children().len() == 1);
+    assert_eq!(
+        sw.children()[0].0,
+        alpha_pid,
+        "alpha's child was not restarted"
+    );
+    assert!(dir.join("alpha.sock").exists());
+}
+
+#[test]
+fn a_killed_child_is_forked_again_and_sigterm_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    write_peer(
+        &dir,
+        "alpha",
+        r#"{"name":"alpha","mac":"52:54:00:00:00:01","ipv4":["10.9.0.1/24"]}"#,
+    );
+    let mut sw = Switch::start(&dir, &[]);
+    wait_for("child", || sw.children().len() == 1);
+    let first = sw.children()[0].0;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("a new child", || {
+        sw.children().iter().any(|(p, _)| *p != first)
+    });
+    assert!(dir.join("alpha.sock").exists(), "socket survives the child");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sw.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = sw.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !dir.join("alpha.sock").exists(),
+        "socket removed on shutdown"
+    );
+}
+
+#[test]
+fn bad_flags_are_rejected_with_the_flag_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
+        .args([
+            "--buffer-size",
+            "300000",
+            "--no-sandbox",
+            "-d",
+            "/nonexistent-vm-switch",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--buffer-size"), "{err}");
+}
+
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        all.push((
+            p,
+            ppid,
+            String::from_utf8_lossy(&cmd)
+                .trim_end_matches('\0')
+                .to_string(),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (p, pp, t) in &all {
+            if *pp == parent {
+                out.push((*p, t.clone()));
+                frontier.push(*p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_sandbox_isolates_main_and_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    write_peer(
+        &dir,
+        "alpha",
+        r#"{"name":"alpha","mac":"52:54:00:00:00:01","ipv4":["10.9.0.1/24"]}"#,
+    );
+    let log = tmp.path().join("sb.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
+        .args(["--name", "sbnet", "--log-level", "info", "--config-dir"])
+        .arg(&dir)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let worker = loop {
+        if let Some(w) = descendants(child.id())
+            .into_iter()
+            .find(|(_, t)| t == "vm-switch(sbnet): alpha")
+        {
+            break w.0;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no sandboxed worker; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait_for("alpha.sock in the host directory", || {
+        dir.join("alpha.sock").exists()
+    });
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    for kind in ["net", "pid", "mnt", "ipc", "user"] {
+        assert_ne!(
+            ns("self", kind),
+            ns(&worker.to_string(), kind),
+            "worker shares the {kind} namespace"
+        );
+    }
+    // The worker's root is the tmpfs with only /config, /dev, /proc, /tmp.
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{worker}/root"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["config", "dev", "proc", "tmp"]);
+    // Seccomp is on in the worker (mode 2 = filter).
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
+        "{status}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    assert!(
+        st.success(),
+        "{st:?}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!dir.join("alpha.sock").exists());
+}
