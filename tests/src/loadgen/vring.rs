@@ -324,3 +324,232 @@ impl Vring {
 pub fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The driver side checked against virtio-queue's device side (what vhost-user-backend
+    //! based backends, vm-switch among them, run) on the same guest memory.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+    fn device_queue(layout: &VringLayout, event_idx: bool) -> Queue {
+        let mut q = Queue::new(layout.size).unwrap();
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (l, h) = split(layout.desc);
+        q.set_desc_table_address(l, h);
+        let (l, h) = split(layout.avail);
+        q.set_avail_ring_address(l, h);
+        let (l, h) = split(layout.used);
+        q.set_used_ring_address(l, h);
+        q.set_size(layout.size);
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        q
+    }
+
+    fn setup(size: u16, event_idx: bool) -> (GuestMem, Vring, Queue) {
+        let mut mem = GuestMem::new(4 << 20).unwrap();
+        let layout = VringLayout::allocate(&mut mem, size, 2048).unwrap();
+        let ring = Vring::new(&mem, layout, event_idx).unwrap();
+        let q = device_queue(&layout, event_idx);
+        assert!(q.is_valid(mem.guest_memory()));
+        (mem, ring, q)
+    }
+
+    #[test]
+    fn tx_descriptors_reach_the_device_and_come_back() {
+        let (mem, mut ring, mut q) = setup(8, true);
+        let gm = mem.guest_memory();
+        // Three rounds over an 8-entry ring: indices wrap and ids are reused.
+        for round in 0..3u8 {
+            let mut posted = Vec::new();
+            for i in 0..5u8 {
+                let id = ring.take_free().unwrap();
+                let payload = [round, i, 0xab];
+                mem.slice()
+                    .write_slice(&payload, ring.layout().buf_addr(id) as usize)
+                    .unwrap();
+                ring.post(&mem, id, 3, false).unwrap();
+                posted.push(id);
+            }
+            ring.publish(&mem).unwrap();
+            let mut seen = Vec::new();
+            while let Some(chain) = q.pop_descriptor_chain(gm) {
+                let head = chain.head_index();
+                let descs: Vec<_> = chain.collect();
+                assert_eq!(descs.len(), 1);
+                assert!(!descs[0].is_write_only());
+                assert_eq!(descs[0].len(), 3);
+                let mut buf = [0u8; 3];
+                gm.read_slice(&mut buf, descs[0].addr()).unwrap();
+                seen.push(buf);
+                q.add_used(gm, head, 0).unwrap();
+            }
+            let want: Vec<[u8; 3]> = (0..5).map(|i| [round, i, 0xab]).collect();
+            assert_eq!(seen, want, "device reads frames in posting order");
+            let mut back = Vec::new();
+            while let Some((id, len)) = ring.pop_used(&mem).unwrap() {
+                assert_eq!(len, 0);
+                back.push(id);
+                ring.give_back(id);
+            }
+            assert_eq!(back, posted);
+            assert_eq!(ring.free_count(), 8);
+        }
+    }
+
+    #[test]
+    fn rx_buffers_are_device_writable_and_lengths_are_reported() {
+        let (mem, mut ring, mut q) = setup(4, false);
+        let gm = mem.guest_memory();
+        while let Some(id) = ring.take_free() {
+            ring.post(&mem, id, 2048, true).unwrap();
+        }
+        ring.publish(&mem).unwrap();
+        let chain = q.pop_descriptor_chain(gm).unwrap();
+        let head = chain.head_index();
+        let desc = chain.into_iter().next().unwrap();
+        assert!(desc.is_write_only());
+        assert_eq!(desc.len(), 2048);
+        gm.write_slice(b"frame", desc.addr()).unwrap();
+        q.add_used(gm, head, 5).unwrap();
+        let (id, len) = ring.pop_used(&mem).unwrap().unwrap();
+        assert_eq!((id, len), (head, 5));
+        let mut buf = [0u8; 5];
+        mem.slice()
+            .read_slice(&mut buf, ring.layout().buf_addr(id) as usize)
+            .unwrap();
+        assert_eq!(&buf, b"frame");
+        assert_eq!(ring.pop_used(&mem).unwrap(), None);
+    }
+
+    #[test]
+    fn hostile_used_entries_are_errors() {
+        let (mem, mut ring, _q) = setup(4, false);
+        let id = ring.take_free().unwrap();
+        ring.post(&mem, id, 100, false).unwrap();
+        ring.publish(&mem).unwrap();
+        let used = ring.layout().used;
+        let s = mem.slice();
+        // An id that was never posted.
+        s.store(3u32, used as usize + 4, Ordering::Relaxed).unwrap();
+        s.store(1u16, used as usize + 2, Ordering::Release).unwrap();
+        assert_eq!(
+            ring.pop_used(&mem),
+            Err(VringError::BadUsedId { id: 3 })
+        );
+        // A length beyond the buffer.
+        s.store(u32::from(id), used as usize + 12, Ordering::Relaxed).unwrap();
+        s.store(4096u32, used as usize + 16, Ordering::Relaxed).unwrap();
+        s.store(2u16, used as usize + 2, Ordering::Release).unwrap();
+        assert!(matches!(
+            ring.pop_used(&mem),
+            Err(VringError::BadUsedLen { len: 4096, .. })
+        ));
+        // An id far out of range.
+        s.store(0xffff_ffffu32, used as usize + 20, Ordering::Relaxed).unwrap();
+        s.store(3u16, used as usize + 2, Ordering::Release).unwrap();
+        assert!(matches!(ring.pop_used(&mem), Err(VringError::BadUsedId { .. })));
+    }
+
+    #[test]
+    fn kicks_follow_the_devices_event_idx() {
+        let (mem, mut ring, mut q) = setup(8, true);
+        let gm = mem.guest_memory();
+        let post_one = |ring: &mut Vring| {
+            let id = ring.take_free().unwrap();
+            ring.post(&mem, id, 1, false).unwrap();
+        };
+        // The device has not asked for anything yet: avail_event is 0, so the first publish
+        // (0 -> 1 crosses it) kicks.
+        post_one(&mut ring);
+        assert!(ring.publish(&mem).unwrap());
+        // The device polls: it consumes without re-enabling notifications, avail_event stays
+        // stale, so further publishes do not kick.
+        while let Some(c) = q.pop_descriptor_chain(gm) {
+            q.add_used(gm, c.head_index(), 0).unwrap();
+        }
+        q.disable_notification(gm).unwrap();
+        post_one(&mut ring);
+        assert!(!ring.publish(&mem).unwrap());
+        // The device goes to sleep: enable_notification writes avail_event = its next index.
+        while let Some(c) = q.pop_descriptor_chain(gm) {
+            q.add_used(gm, c.head_index(), 0).unwrap();
+        }
+        assert!(!q.enable_notification(gm).unwrap());
+        post_one(&mut ring);
+        assert!(ring.publish(&mem).unwrap(), "a sleeping device must be kicked");
+        // Publishing with nothing new never kicks.
+        assert!(!ring.publish(&mem).unwrap());
+    }
+
+    #[test]
+    fn interrupts_follow_the_drivers_used_event() {
+        let (mem, mut ring, mut q) = setup(8, true);
+        let gm = mem.guest_memory();
+        for _ in 0..4 {
+            let id = ring.take_free().unwrap();
+            ring.post(&mem, id, 1, false).unwrap();
+        }
+        ring.publish(&mem).unwrap();
+        let mut chains: Vec<u16> = Vec::new();
+        while let Some(c) = q.pop_descriptor_chain(gm) {
+            chains.push(c.head_index());
+        }
+        // Driver armed at used index 0: the first used entry must interrupt.
+        assert!(!ring.enable_interrupts(&mem).unwrap());
+        q.add_used(gm, chains[0], 0).unwrap();
+        assert!(q.needs_notification(gm).unwrap());
+        // Driver polling (armed point passed): further entries do not interrupt.
+        let (id, _) = ring.pop_used(&mem).unwrap().unwrap();
+        ring.give_back(id);
+        ring.disable_interrupts(&mem).unwrap();
+        q.add_used(gm, chains[1], 0).unwrap();
+        assert!(!q.needs_notification(gm).unwrap());
+        // Re-armed while an entry is already pending: the driver is told not to sleep.
+        assert!(ring.enable_interrupts(&mem).unwrap());
+    }
+
+    #[test]
+    fn flag_based_suppression_without_event_idx() {
+        let (mem, mut ring, mut q) = setup(4, false);
+        let gm = mem.guest_memory();
+        let id = ring.take_free().unwrap();
+        ring.post(&mem, id, 1, false).unwrap();
+        assert!(ring.publish(&mem).unwrap(), "no NO_NOTIFY flag: kick");
+        let c = q.pop_descriptor_chain(gm).unwrap();
+        q.disable_notification(gm).unwrap();
+        let id2 = ring.take_free().unwrap();
+        ring.post(&mem, id2, 1, false).unwrap();
+        assert!(!ring.publish(&mem).unwrap(), "device set NO_NOTIFY: no kick");
+        q.add_used(gm, c.head_index(), 0).unwrap();
+        assert!(!q.needs_notification(gm).unwrap(), "driver suppressed interrupts");
+        ring.enable_interrupts(&mem).unwrap();
+        q.add_used(gm, c.head_index(), 0).unwrap();
+        assert!(q.needs_notification(gm).unwrap());
+    }
+
+    #[test]
+    fn layout_rejects_bad_sizes() {
+        let mut mem = GuestMem::new(1 << 20).unwrap();
+        assert!(matches!(
+            VringLayout::allocate(&mut mem, 100, 2048),
+            Err(AllocError::Vring(VringError::BadSize(100)))
+        ));
+        assert!(matches!(
+            VringLayout::allocate(&mut mem, 1024, 2048),
+            Err(AllocError::Memory(MemoryError::Exhausted { .. }))
+        ));
+    }
+
+    #[test]
+    fn need_event_matches_virtio() {
+        assert!(need_event(0, 1, 0));
+        assert!(!need_event(5, 3, 2));
+        assert!(need_event(2, 3, 2));
+        // Wrap-around.
+        assert!(need_event(65535, 0, 65534));
+        assert!(!need_event(10, 0, 65534));
+    }
+}
