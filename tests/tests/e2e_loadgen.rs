@@ -22,13 +22,27 @@ fn start_testpmd(dir: &Path) -> Testpmd {
     let tool = require_tool("dpdk-testpmd");
     let log = std::fs::File::create(dir.join("testpmd.log")).expect("create testpmd log");
     let child = Command::new(tool)
-        .args(["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--no-shconf"])
+        .args([
+            "-l",
+            "0,1",
+            "--no-huge",
+            "-m",
+            "512",
+            "--no-pci",
+            "--no-shconf",
+        ])
         .arg(format!("--file-prefix=e2elg{}", std::process::id()))
         .arg("--vdev")
         .arg(format!("net_vhost0,iface={}", dir.join("a.sock").display()))
         .arg("--vdev")
         .arg(format!("net_vhost1,iface={}", dir.join("b.sock").display()))
-        .args(["--", "--forward-mode=io", "--nb-cores=1", "--total-num-mbufs", "32768"])
+        .args([
+            "--",
+            "--forward-mode=io",
+            "--nb-cores=1",
+            "--total-num-mbufs",
+            "32768",
+        ])
         .args(["--stats-period", "3600"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
@@ -58,9 +72,15 @@ fn field(line: &str, key: &str) -> f64 {
 fn loadgen(dir: &Path, extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_vhost-loadgen"))
         .arg("--vm")
-        .arg(format!("a,{},52:54:00:00:00:0a,10.9.0.1", dir.join("a.sock").display()))
+        .arg(format!(
+            "a,{},52:54:00:00:00:0a,10.9.0.1",
+            dir.join("a.sock").display()
+        ))
         .arg("--vm")
-        .arg(format!("b,{},52:54:00:00:00:0b,10.9.0.2", dir.join("b.sock").display()))
+        .arg(format!(
+            "b,{},52:54:00:00:00:0b,10.9.0.2",
+            dir.join("b.sock").display()
+        ))
         .args(["--secs", "2", "--warmup", "0.5", "--label", "testpmd"])
         .args(extra)
         .output()
@@ -81,7 +101,10 @@ fn loadgen_drives_frames_through_testpmd() {
 
     let out = loadgen(tmp.path(), &["--mode", "throughput", "--size", "64"]);
     // Both VMs negotiated VERSION_1 and the MQ protocol feature with testpmd.
-    let connected: Vec<&str> = out.lines().filter(|l| l.starts_with("LOADGEN connected")).collect();
+    let connected: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("LOADGEN connected"))
+        .collect();
     assert_eq!(connected.len(), 2, "{out}");
     let line = out
         .lines()
@@ -92,12 +115,18 @@ fn loadgen_drives_frames_through_testpmd() {
     assert!(field(line, "drop_pct") < 50.0, "{line}");
     assert_eq!(field(line, "misrouted"), 0.0, "{line}");
 
-    let out = loadgen(tmp.path(), &["--mode", "latency", "--size", "1514", "--no-load"]);
+    let out = loadgen(
+        tmp.path(),
+        &["--mode", "latency", "--size", "1514", "--no-load"],
+    );
     let line = out
         .lines()
         .find(|l| l.starts_with("LOADGEN mode=latency"))
         .unwrap_or_else(|| panic!("no latency line in {out}"));
     assert!(field(line, "probes") > 100.0, "{line}");
-    assert!(field(line, "probes_lost") < field(line, "probes") / 2.0, "{line}");
+    assert!(
+        field(line, "probes_lost") < field(line, "probes") / 2.0,
+        "{line}"
+    );
     assert!(field(line, "p50_us") > 0.0, "{line}");
 }

@@ -331,7 +331,7 @@ mod tests {
     //! based backends, vm-switch among them, run) on the same guest memory.
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use virtio_queue::{Queue, QueueOwnedT, QueueT};
+    use virtio_queue::{Queue, QueueT};
 
     fn device_queue(layout: &VringLayout, event_idx: bool) -> Queue {
         let mut q = Queue::new(layout.size).unwrap();
@@ -435,22 +435,25 @@ mod tests {
         // An id that was never posted.
         s.store(3u32, used as usize + 4, Ordering::Relaxed).unwrap();
         s.store(1u16, used as usize + 2, Ordering::Release).unwrap();
-        assert_eq!(
-            ring.pop_used(&mem),
-            Err(VringError::BadUsedId { id: 3 })
-        );
+        assert_eq!(ring.pop_used(&mem), Err(VringError::BadUsedId { id: 3 }));
         // A length beyond the buffer.
-        s.store(u32::from(id), used as usize + 12, Ordering::Relaxed).unwrap();
-        s.store(4096u32, used as usize + 16, Ordering::Relaxed).unwrap();
+        s.store(u32::from(id), used as usize + 12, Ordering::Relaxed)
+            .unwrap();
+        s.store(4096u32, used as usize + 16, Ordering::Relaxed)
+            .unwrap();
         s.store(2u16, used as usize + 2, Ordering::Release).unwrap();
         assert!(matches!(
             ring.pop_used(&mem),
             Err(VringError::BadUsedLen { len: 4096, .. })
         ));
         // An id far out of range.
-        s.store(0xffff_ffffu32, used as usize + 20, Ordering::Relaxed).unwrap();
+        s.store(0xffff_ffffu32, used as usize + 20, Ordering::Relaxed)
+            .unwrap();
         s.store(3u16, used as usize + 2, Ordering::Release).unwrap();
-        assert!(matches!(ring.pop_used(&mem), Err(VringError::BadUsedId { .. })));
+        assert!(matches!(
+            ring.pop_used(&mem),
+            Err(VringError::BadUsedId { .. })
+        ));
     }
 
     #[test]
@@ -479,7 +482,10 @@ mod tests {
         }
         assert!(!q.enable_notification(gm).unwrap());
         post_one(&mut ring);
-        assert!(ring.publish(&mem).unwrap(), "a sleeping device must be kicked");
+        assert!(
+            ring.publish(&mem).unwrap(),
+            "a sleeping device must be kicked"
+        );
         // Publishing with nothing new never kicks.
         assert!(!ring.publish(&mem).unwrap());
     }
@@ -522,12 +528,23 @@ mod tests {
         q.disable_notification(gm).unwrap();
         let id2 = ring.take_free().unwrap();
         ring.post(&mem, id2, 1, false).unwrap();
-        assert!(!ring.publish(&mem).unwrap(), "device set NO_NOTIFY: no kick");
+        assert!(
+            !ring.publish(&mem).unwrap(),
+            "device set NO_NOTIFY: no kick"
+        );
+        // virtio-queue ignores VRING_AVAIL_F_NO_INTERRUPT, so check the flag itself.
+        let avail_at = ring.layout().avail as usize;
+        let avail_flags = || -> u16 { mem.slice().load(avail_at, Ordering::Acquire).unwrap() };
+        assert_eq!(
+            avail_flags(),
+            VRING_AVAIL_F_NO_INTERRUPT as u16,
+            "suppressed at start"
+        );
         q.add_used(gm, c.head_index(), 0).unwrap();
-        assert!(!q.needs_notification(gm).unwrap(), "driver suppressed interrupts");
-        ring.enable_interrupts(&mem).unwrap();
-        q.add_used(gm, c.head_index(), 0).unwrap();
-        assert!(q.needs_notification(gm).unwrap());
+        assert!(ring.enable_interrupts(&mem).unwrap(), "an entry is pending");
+        assert_eq!(avail_flags(), 0);
+        ring.disable_interrupts(&mem).unwrap();
+        assert_eq!(avail_flags(), VRING_AVAIL_F_NO_INTERRUPT as u16);
     }
 
     #[test]
