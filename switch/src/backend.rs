@@ -15,9 +15,8 @@ use vhost_user_backend::{VhostUserBackendMut, VringEpollHandler, VringRwLock, Vr
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{QueueT, Reader, Writer};
@@ -25,8 +24,8 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::control::{self, ControlError};
-use crate::offload::{self, Adapted, Offloads};
 use crate::datapath::{self, Datapath, Delivery, EV_CTL, MAX_FRAME, Reg, VNET_HDR};
+use crate::offload::{self, Adapted, Offloads};
 
 /// Largest queue size accepted (the virtio maximum for split queues).
 pub const MAX_QUEUE_SIZE: usize = 32768;
@@ -462,5 +461,158 @@ impl VhostUserBackendMut for NetBackend {
             },
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::forward::DropReason;
+    use crate::fq_codel::Params;
+    use crate::peer::PeerConfig;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+
+    fn backend() -> (NetBackend, OwnedFd) {
+        let me = PeerConfig::from_json(
+            std::path::Path::new("a.json"),
+            r#"{"name":"a","mac":"52:54:00:00:00:0a","ipv4":["10.1.0.1/24"]}"#,
+        )
+        .unwrap();
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let dp = Datapath::new(me, Params::default(), 64 * 1024);
+        (NetBackend::new(dp, ours), theirs)
+    }
+
+    fn vring_for(vq: &MockSplitQueue<'_, GuestMemoryMmap>, mem: &GuestMem) -> VringRwLock {
+        let v = VringRwLock::new(mem.clone(), 16).unwrap();
+        v.set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
+            .unwrap();
+        v.set_queue_size(16);
+        v.set_queue_ready(true);
+        v.set_enabled(true);
+        v
+    }
+
+    fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    #[test]
+    fn hostile_tx_chains_are_returned_and_counted_never_fatal() {
+        let gm = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&gm, 16);
+        // Each add_desc_chains call publishes one chain starting at `offset`.
+        vq.add_desc_chains(&[d(0x2000_0000, 100, 0, 0)], 0).unwrap(); // outside memory
+        vq.add_desc_chains(&[d(0x1_0000, 0, 0, 0)], 1).unwrap(); // zero length
+        vq.add_desc_chains(&[d(0x2_0000, 0x2_0000, 0, 0)], 2)
+            .unwrap(); // 128 KiB: too big
+        vq.add_desc_chains(&[d(0x4_0000, 60, 0, 0)], 3).unwrap(); // zeros: bad source MAC
+        vq.add_desc_chains(&[d(0xf_fff0, 100, 0, 0)], 4).unwrap(); // runs off the end
+        // A two-descriptor loop (5 -> 6 -> 5 ...).
+        vq.add_desc_chains(&[d(0x5_0000, 64, NEXT, 6), d(0x5_1000, 64, NEXT, 5)], 5)
+            .unwrap();
+        // A device-writable buffer on the TX queue.
+        vq.add_desc_chains(&[d(0x6_0000, 64, WRITE, 0)], 7).unwrap();
+        let mem = GuestMemoryAtomic::new(gm.clone());
+        let txq = vring_for(&vq, &mem);
+        let (mut b, _peer) = backend();
+        b.update_memory(mem).unwrap();
+        b.process_tx(&txq);
+        // Every chain went back to the guest.
+        assert_eq!(vq.used().idx().load(), 7);
+        let e = b.guest_errors;
+        assert!(e.bad_chains >= 2, "{e:?}");
+        assert!(e.bad_lengths >= 2, "{e:?}");
+        let drops = b.datapath().forwarder().drops;
+        assert!(drops[DropReason::SpoofedMac as usize] >= 1, "{drops:?}");
+        assert_eq!(b.datapath().counters.rx_frames, 0);
+    }
+
+    #[test]
+    fn rx_buffers_too_small_or_outside_memory_drop_the_frame_only() {
+        let gm = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&gm, 16);
+        vq.add_desc_chains(&[d(0x2000_0000, 2048, WRITE, 0)], 0)
+            .unwrap(); // outside
+        vq.add_desc_chains(&[d(0x1_0000, 20, WRITE, 0)], 1).unwrap(); // too small
+        vq.add_desc_chains(&[d(0x2_0000, 2048, WRITE, 0)], 2)
+            .unwrap(); // fine
+        let mem = GuestMemoryAtomic::new(gm.clone());
+        let rxq = vring_for(&vq, &mem);
+        let (mut b, _peer) = backend();
+        b.update_memory(mem).unwrap();
+        // Proxy ARP replies are the frames our own guest gets without any peer: ask three times.
+        let gm2 = gm.clone();
+        let txvq = MockSplitQueue::create(&gm2, GuestAddress(0x8_0000), 16);
+        let mut arp = vec![0u8; VNET_HDR + 60];
+        {
+            let f = &mut arp[VNET_HDR..];
+            f[..6].copy_from_slice(&[0xff; 6]);
+            f[6..12].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 0x0a]);
+            f[12..14].copy_from_slice(&[8, 6]);
+            f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            f[22..28].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 0x0a]);
+            f[28..32].copy_from_slice(&[10, 1, 0, 1]);
+            f[38..42].copy_from_slice(&[10, 1, 0, 2]);
+        }
+        // No peer b yet, so no reply would come: add b to the forwarder via a control message.
+        let (ctl_a, ctl_b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let peer_b = PeerConfig::from_json(
+            std::path::Path::new("b.json"),
+            r#"{"name":"b","mac":"52:54:00:00:00:0b","ipv4":["10.1.0.2/24"]}"#,
+        )
+        .unwrap();
+        let _regs = b.dp.handle_ctl(
+            ctl_a.as_fd(),
+            crate::control::Msg::GetBuffer {
+                peer: peer_b,
+                generation: 1,
+            },
+            Vec::new(),
+        );
+        drop(ctl_b);
+        for k in 0..3u64 {
+            gm.write_slice(&arp, GuestAddress(0x9_0000 + k * 0x1000))
+                .unwrap();
+            txvq.add_desc_chains(
+                &[d(0x9_0000 + k * 0x1000, arp.len() as u32, 0, 0)],
+                k as u16,
+            )
+            .unwrap();
+        }
+        let txq = vring_for(&txvq, b.mem.as_ref().unwrap());
+        b.process_tx(&txq);
+        b.deliver(&rxq);
+        assert_eq!(vq.used().idx().load(), 3, "all three RX chains consumed");
+        assert_eq!(b.datapath().counters.rx_frames, 1, "one reply fit");
+        assert_eq!(b.guest_errors.small_rx_buffers, 1);
+        assert_eq!(b.guest_errors.bad_chains, 1);
+        // The good buffer holds an ARP reply with b's MAC.
+        let mut got = [0u8; VNET_HDR + 60];
+        gm.read_slice(&mut got, GuestAddress(0x2_0000)).unwrap();
+        assert_eq!(
+            &got[VNET_HDR + 6..VNET_HDR + 12],
+            &[0x52, 0x54, 0, 0, 0, 0x0b]
+        );
     }
 }

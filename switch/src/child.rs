@@ -68,8 +68,8 @@ pub fn run(spec: ChildSpec) -> Result<(), ChildError> {
         message: e.to_string(),
     };
     let ctl_fd = spec.ctl.as_raw_fd();
-    let probe = spec.incarnation == 0
-        && std::env::var(SECCOMP_PROBE_ENV).is_ok_and(|v| v == spec.me.name);
+    let probe =
+        spec.incarnation == 0 && std::env::var(SECCOMP_PROBE_ENV).is_ok_and(|v| v == spec.me.name);
     let dp = Datapath::new(spec.me.clone(), spec.params, spec.buffer_size);
     let mut nb = NetBackend::new(dp, spec.ctl);
     nb.seccomp_probe = probe;

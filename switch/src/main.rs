@@ -1,5 +1,7 @@
 //! `vm-switch`: parse arguments, set up logging, run the switch.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use vm_switch::args::Args;
 
@@ -11,6 +13,7 @@ fn main() -> std::process::ExitCode {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .init();
     }
     match vm_switch::run(args) {

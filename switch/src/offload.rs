@@ -131,7 +131,11 @@ pub fn validate(pkt: &mut [u8], neg: Offloads) -> bool {
             h.hdr_len = 0;
         }
         t @ (GSO_TCPV4 | GSO_TCPV6) => {
-            let allowed = if t == GSO_TCPV4 { neg.tx_tso4 } else { neg.tx_tso6 };
+            let allowed = if t == GSO_TCPV4 {
+                neg.tx_tso4
+            } else {
+                neg.tx_tso6
+            };
             let Some((l4, v4)) = tcp_offset(f) else {
                 return false;
             };
@@ -204,7 +208,8 @@ pub fn segment(pkt: &[u8]) -> Option<Vec<Vec<u8>>> {
         if v4 {
             let ip_len = (total - ETH_HLEN) as u16;
             g[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&ip_len.to_be_bytes());
-            g[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            g[ETH_HLEN + 4..ETH_HLEN + 6]
+                .copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
             g[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
             let c = frame::csum_finish(frame::csum_add(0, &g[ETH_HLEN..l4]));
             g[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
@@ -360,8 +365,7 @@ mod tests {
         s = frame::csum_add(s, &[0, IPPROTO_TCP]);
         s = frame::csum_add(s, &tcp_len.to_be_bytes());
         s = frame::csum_add(s, &g[l4..]);
-        frame::csum_finish(s) == 0
-            && frame::csum_finish(frame::csum_add(0, &g[ETH_HLEN..l4])) == 0
+        frame::csum_finish(s) == 0 && frame::csum_finish(frame::csum_add(0, &g[ETH_HLEN..l4])) == 0
     }
 
     #[test]

@@ -123,14 +123,14 @@ impl Mapping {
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off + 8 <= DATA_OFFSET && off % 8 == 0);
+        debug_assert!(off + 8 <= DATA_OFFSET && off.is_multiple_of(8));
         // SAFETY: `off` is an aligned header offset inside the mapping (page aligned base), and
         // AtomicU64 has the same layout as u64; shared memory is only accessed atomically here.
         unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() }
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off + 4 <= DATA_OFFSET && off % 4 == 0);
+        debug_assert!(off + 4 <= DATA_OFFSET && off.is_multiple_of(4));
         // SAFETY: as in `u64_at`, for a 4-byte aligned header field.
         unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() }
     }
@@ -266,7 +266,7 @@ impl Producer {
             return Err(sys("fstat"));
         }
         let len = usize::try_from(st.st_size).map_err(|_| RingError::BadMemory("size"))?;
-        if len < DATA_OFFSET + MIN_CAPACITY || len > DATA_OFFSET + MAX_CAPACITY {
+        if !(DATA_OFFSET + MIN_CAPACITY..=DATA_OFFSET + MAX_CAPACITY).contains(&len) {
             return Err(RingError::BadMemory("size out of range"));
         }
         if !(len - DATA_OFFSET).is_power_of_two() {
@@ -493,7 +493,7 @@ mod tests {
         while p.push(&[&[0u8; 500]]).unwrap() {
             n += 1;
         }
-        assert!(n >= 6 && n <= 8, "{n} frames of 500 in 4096");
+        assert!((6..=8).contains(&n), "{n} frames of 500 in 4096");
         let mut buf = Vec::new();
         assert!(c.pop(&mut buf).unwrap());
         c.release();

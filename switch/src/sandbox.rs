@@ -217,8 +217,7 @@ fn deny_open() -> Result<BpfProgram, SandboxError> {
 pub fn apply_seccomp(role: Role, mode: SeccompMode) -> Result<(), SandboxError> {
     if let Some(prog) = build(role, mode)? {
         if role == Role::Child {
-            seccompiler::apply_filter_all_threads(&deny_open()?)
-                .map_err(SandboxError::Install)?;
+            seccompiler::apply_filter_all_threads(&deny_open()?).map_err(SandboxError::Install)?;
         }
         seccompiler::apply_filter_all_threads(&prog).map_err(SandboxError::Install)?;
     }

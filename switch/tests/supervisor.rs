@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 struct Switch {
     child: Child,
-    dir: PathBuf,
     log: PathBuf,
 }
 
@@ -26,11 +25,7 @@ impl Switch {
             .stderr(f)
             .spawn()
             .unwrap();
-        Switch {
-            child,
-            dir: dir.to_path_buf(),
-            log,
-        }
+        Switch { child, log }
     }
 
     fn log(&self) -> String {

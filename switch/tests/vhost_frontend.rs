@@ -146,14 +146,19 @@ fn frames_are_switched_validated_and_answered() {
     assert!(recv_for(&mut b, Duration::from_millis(400)).is_empty());
 
     // Proxy ARP: a asks for b, gets b's MAC from the switch.
-    a.port.send_burst(&a.mem, 1, &mut |buf| arp_request(buf, MAC_A, [10, 1, 0, 1], [10, 1, 0, 2]));
+    a.port.send_burst(&a.mem, 1, &mut |buf| {
+        arp_request(buf, MAC_A, [10, 1, 0, 1], [10, 1, 0, 2])
+    });
     let replies = recv_for(&mut a, Duration::from_millis(400));
     assert_eq!(replies.len(), 1, "one ARP reply");
     let r = &replies[0];
     assert_eq!(&r[12..14], &[8, 6]);
     assert_eq!(&r[20..22], &[0, 2], "ARP reply");
     assert_eq!(&r[22..28], &MAC_B);
-    assert!(recv_for(&mut b, Duration::from_millis(100)).is_empty(), "ARP never flooded");
+    assert!(
+        recv_for(&mut b, Duration::from_millis(100)).is_empty(),
+        "ARP never flooded"
+    );
 }
 
 #[test]
@@ -169,11 +174,11 @@ fn hostile_descriptor_chains_do_not_hurt_the_switch_or_other_peers() {
     let mem = &c.mem;
     let tx = &mut c.port.tx;
     let bad: [(u64, u32, u16, u16); 5] = [
-        (1 << 40, 1500, 0, 0),                  // far outside memory
-        (tx.buf(1) as u64, 0, 0, 0),            // zero length
-        (tx.buf(2) as u64, 100, 1, 2),          // NEXT flag pointing at itself
-        (tx.buf(3) as u64, u32::MAX, 0, 0),     // 4 GiB
-        ((4 << 20) - 10, 1500, 0, 0),           // straddles the end of memory
+        (1 << 40, 1500, 0, 0),              // far outside memory
+        (tx.buf(1) as u64, 0, 0, 0),        // zero length
+        (tx.buf(2) as u64, 100, 1, 2),      // NEXT flag pointing at itself
+        (tx.buf(3) as u64, u32::MAX, 0, 0), // 4 GiB
+        ((4 << 20) - 10, 1500, 0, 0),       // straddles the end of memory
     ];
     let mut heads = Vec::new();
     for (k, (addr, len, flags, next)) in bad.iter().enumerate() {
@@ -195,7 +200,12 @@ fn hostile_descriptor_chains_do_not_hurt_the_switch_or_other_peers() {
 
     // a and b still talk.
     assert_eq!(send(&mut a, 30, MAC_A, [10, 1, 0, 1], [10, 1, 0, 2], 0), 30);
-    assert_eq!(recv_for(&mut b, Duration::from_millis(800)).len(), 30, "log:\n{}", sw.log());
+    assert_eq!(
+        recv_for(&mut b, Duration::from_millis(800)).len(),
+        30,
+        "log:\n{}",
+        sw.log()
+    );
     // No child died.
     assert!(!sw.log().contains("child died"), "log:\n{}", sw.log());
     // A garbage frame stream from a valid buffer (random bytes) is dropped, not delivered.
@@ -224,7 +234,11 @@ fn a_seccomp_violation_kills_only_that_child_and_the_peer_reconnects() {
     send(&mut c, 1, MAC_C, [10, 1, 0, 3], [10, 1, 0, 1], 0);
     let t = Instant::now();
     while !sw.log().contains("SIGSYS") {
-        assert!(t.elapsed() < Duration::from_secs(10), "no SIGSYS:\n{}", sw.log());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no SIGSYS:\n{}",
+            sw.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // a and b are untouched.
@@ -235,8 +249,71 @@ fn a_seccomp_violation_kills_only_that_child_and_the_peer_reconnects() {
     let mut c = vm(&sw.sock("c"));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(send(&mut c, 10, MAC_C, [10, 1, 0, 3], [10, 1, 0, 1], 0), 10);
-    assert_eq!(recv_for(&mut a, Duration::from_millis(600)).len(), 10, "log:\n{}", sw.log());
-    let died = sw.log().lines().filter(|l| l.contains("child died")).count();
+    assert_eq!(
+        recv_for(&mut a, Duration::from_millis(600)).len(),
+        10,
+        "log:\n{}",
+        sw.log()
+    );
+    let died = sw
+        .log()
+        .lines()
+        .filter(|l| l.contains("child died"))
+        .count();
     assert_eq!(died, 1, "only c's first child died:\n{}", sw.log());
     let _ = Vring::footprint(QSIZE, BUF);
+}
+
+#[test]
+fn crosvm_rules_mq_config_mac_event_idx_and_any_queue_size() {
+    use vhost::VhostBackend;
+    use vhost::vhost_user::VhostUserFrontend;
+    use vhost::vhost_user::message::{
+        VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    };
+    let sw = Switch::start(&[]);
+    let mut fe = connect(&sw.sock("a"), Duration::from_secs(20));
+    fe.set_owner().unwrap();
+    let feats = fe.get_features().unwrap();
+    for bit in [32u32, 29, 15, 5, 0, 1, 7, 11] {
+        // VERSION_1, EVENT_IDX, MRG_RXBUF, MAC, CSUM, GUEST_CSUM, GUEST_TSO4, HOST_TSO4
+        assert!(
+            feats & (1 << bit) != 0,
+            "feature bit {bit} not offered: {feats:#x}"
+        );
+    }
+    assert!(feats & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0);
+    let pf = fe.get_protocol_features().unwrap();
+    assert!(pf.contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG));
+    fe.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG)
+        .unwrap();
+    assert_eq!(
+        fe.get_queue_num().unwrap(),
+        2,
+        "one RX/TX pair, not crosvm's default of 3"
+    );
+    let (_, mac) = fe
+        .get_config(0, 6, VhostUserConfigFlags::WRITABLE, &[0u8; 6])
+        .unwrap();
+    assert_eq!(mac, MAC_A.to_vec(), "MAC readable through GET_CONFIG");
+    drop(fe);
+
+    // A VMM that picks 1024-entry queues on one side and 256 on the other is served.
+    let t = Instant::now();
+    // The first connection above ended that child; main forks a fresh one for this one.
+    let mem = GuestMem::new(16 << 20);
+    let fe = connect(&sw.sock("a"), Duration::from_secs(20));
+    let port = Port::setup(fe, &mem, 0, 1024, BUF);
+    let mut a = Vm { mem, port };
+    let mut b = vm(&sw.sock("b"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        send(&mut a, 500, MAC_A, [10, 1, 0, 1], [10, 1, 0, 2], 0),
+        500
+    );
+    let mut got = 0;
+    while got < 500 && t.elapsed() < Duration::from_secs(20) {
+        got += recv_for(&mut b, Duration::from_millis(100)).len();
+    }
+    assert_eq!(got, 500, "log:\n{}", sw.log());
 }

@@ -144,43 +144,25 @@ impl SwitchProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Titles (`/proc/<pid>/cmdline`) of the main process's children.
+    /// Titles (`/proc/<pid>/cmdline`) of the per-VM workers (descendants titled `vm-switch(`).
     pub fn child_titles(&self) -> Vec<String> {
-        let pid = self.child.id();
-        let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                out.push(
-                    String::from_utf8_lossy(&cmd)
-                        .trim_end_matches('\0')
-                        .to_string(),
-                );
-            }
-        }
-        out
+        self.child_pids().into_iter().map(|(_, t)| t).collect()
     }
 
-    /// PIDs of the children (for fault injection).
+    /// PIDs and titles of the per-VM workers. With the sandbox they are grandchildren (the
+    /// sandboxed main is PID 1 of its namespace, under the process we started).
     pub fn child_pids(&self) -> Vec<(u32, String)> {
-        let pid = self.child.id();
-        let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir("/proc") else {
-            return out;
-        };
+        descendants(self.child.id())
+            .into_iter()
+            .filter(|(_, t)| t.starts_with("vm-switch("))
+            .collect()
+    }
+}
+
+/// All descendants of `root` with their command lines.
+pub fn descendants(root: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
             let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
@@ -191,19 +173,26 @@ impl SwitchProcess {
             let ppid = stat
                 .rsplit_once(')')
                 .and_then(|(_, r)| r.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                out.push((
-                    p,
-                    String::from_utf8_lossy(&cmd)
-                        .trim_end_matches('\0')
-                        .to_string(),
-                ));
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0);
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let title = String::from_utf8_lossy(&cmd)
+                .trim_end_matches('\0')
+                .to_string();
+            all.push((p, ppid, title));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (p, pp, t) in &all {
+            if *pp == parent {
+                out.push((*p, t.clone()));
+                frontier.push(*p);
             }
         }
-        out
     }
+    out
 }
 
 impl Drop for SwitchProcess {

@@ -118,7 +118,8 @@ fn broadcast_only_to_receivers_spoofing_dropped_and_reboot_reconnects() {
     // c (after "reboot"): a fresh QEMU on the same socket.
     let c2_script = r#"
         vt_wait_peer 10.1.0.1 120 || exit 1
-        vt_ping 10.1.0.1 3 0.2
+        vt_ping 10.1.0.1 3 0.2 || exit 1
+        vt_done_wait 5997 300
     "#;
     let a_script = r#"
         echos() { awk '/^Icmp:/ { if (h) print $10; h = 1 }' /proc/net/snmp; }
@@ -134,6 +135,7 @@ fn broadcast_only_to_receivers_spoofing_dropped_and_reboot_reconnects() {
         vt_wait_peer 10.1.0.3 300 || exit 1
         echo "REBOOTED_PEER_UP"
         vt_ping 10.1.0.3 3 0.2 || exit 1
+        vt_done_signal 10.1.0.3 5997
         vt_done_signal 10.1.0.2 5999
     "#;
     let b = boot_guest(
@@ -223,8 +225,9 @@ fn broadcast_only_to_receivers_spoofing_dropped_and_reboot_reconnects() {
         ra.lines
     );
     assert!(
-        log.lines()
-            .any(|l| l.contains("vm=c") && l.contains("spoofed_ip=") && !l.contains("spoofed_ip=0 ")),
+        log.lines().any(|l| l.contains("vm=c")
+            && l.contains("spoofed_ip=")
+            && !l.contains("spoofed_ip=0 ")),
         "c's spoofed frames not counted:\n{log}"
     );
     // a↔b kept working while c rebooted (no loss over 60 pings at 0.5 s).
@@ -270,9 +273,30 @@ fn a_forbidden_syscall_kills_only_that_child_and_the_peer_comes_back() {
         vt_done_signal 10.1.0.3 5999
     "#;
     let wait_script = "vt_done_wait 5999 600";
-    let b = boot_guest("sw-bj", &sw.socket("b"), "10.1.0.2/24", B_MAC, wait_script, 900);
-    let c = boot_guest("sw-cj", &sw.socket("c"), "10.1.0.3/24", C_MAC, wait_script, 900);
-    let a = boot_guest("sw-aj", &sw.socket("a"), "10.1.0.1/24", A_MAC, a_script, 900);
+    let b = boot_guest(
+        "sw-bj",
+        &sw.socket("b"),
+        "10.1.0.2/24",
+        B_MAC,
+        wait_script,
+        900,
+    );
+    let c = boot_guest(
+        "sw-cj",
+        &sw.socket("c"),
+        "10.1.0.3/24",
+        C_MAC,
+        wait_script,
+        900,
+    );
+    let a = boot_guest(
+        "sw-aj",
+        &sw.socket("a"),
+        "10.1.0.1/24",
+        A_MAC,
+        a_script,
+        900,
+    );
     let (ra, rb, rc) = (a.wait(), b.wait(), c.wait());
     let log = sw.log_text();
     assert!(sw.alive(), "main died:\n{log}");
@@ -281,7 +305,8 @@ fn a_forbidden_syscall_kills_only_that_child_and_the_peer_comes_back() {
     assert_eq!(rc.code, 0, "guest c: {:#?}\nswitch log:\n{log}", rc.lines);
     let died: Vec<&str> = log.lines().filter(|l| l.contains("child died")).collect();
     assert!(
-        died.iter().any(|l| l.contains("vm=c") && l.contains("SIGSYS")),
+        died.iter()
+            .any(|l| l.contains("vm=c") && l.contains("SIGSYS")),
         "c's child was not killed by seccomp:\n{log}"
     );
     assert!(
@@ -289,7 +314,9 @@ fn a_forbidden_syscall_kills_only_that_child_and_the_peer_comes_back() {
         "another child died:\n{log}"
     );
     assert!(
-        ra.tagged("PING_OK").iter().any(|l| l.contains("peer=10.1.0.2") && l.contains("loss_pct=0")),
+        ra.tagged("PING_OK")
+            .iter()
+            .any(|l| l.contains("peer=10.1.0.2") && l.contains("loss_pct=0")),
         "a↔b disturbed: {:?}",
         ra.lines
     );

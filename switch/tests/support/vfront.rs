@@ -2,7 +2,13 @@
 //! guest memory, split virtqueues written by hand, kick/call eventfds. It plays a VM whose
 //! driver busy-polls its used rings (notifications from the device are suppressed).
 
-#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+#![allow(
+    dead_code,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::too_many_arguments,
+    clippy::needless_update
+)]
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -223,7 +229,11 @@ pub fn connect(sock: &Path, timeout: Duration) -> Frontend {
         match Frontend::connect(sock, 2) {
             Ok(f) => return f,
             Err(e) => {
-                assert!(t.elapsed() < timeout, "cannot connect to {}: {e}", sock.display());
+                assert!(
+                    t.elapsed() < timeout,
+                    "cannot connect to {}: {e}",
+                    sock.display()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -233,14 +243,22 @@ pub fn connect(sock: &Path, timeout: Duration) -> Frontend {
 impl Port {
     /// Negotiate (VERSION_1 only: plain frames, one buffer each), share memory, set up queues at
     /// `base` in `mem`, and post every RX buffer.
-    pub fn setup(mut fe: Frontend, mem: &GuestMem, base: usize, qsize: u16, buf_size: usize) -> Port {
+    pub fn setup(
+        mut fe: Frontend,
+        mem: &GuestMem,
+        base: usize,
+        qsize: u16,
+        buf_size: usize,
+    ) -> Port {
         fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
         let pf = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if offered & pf != 0 {
             let p = fe.get_protocol_features().unwrap();
-            fe.set_protocol_features(p & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG))
-                .unwrap();
+            fe.set_protocol_features(
+                p & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG),
+            )
+            .unwrap();
         }
         let features = offered & (VIRTIO_F_VERSION_1 | pf);
         fe.set_features(features).unwrap();
@@ -284,7 +302,14 @@ impl Port {
 
     pub fn post_all_rx(&mut self, mem: &GuestMem) {
         while let Some(i) = self.rx.free.pop() {
-            mem.put_desc(self.rx.desc, i, self.rx.buf(i) as u64, self.rx.buf_size as u32, VRING_DESC_F_WRITE, 0);
+            mem.put_desc(
+                self.rx.desc,
+                i,
+                self.rx.buf(i) as u64,
+                self.rx.buf_size as u32,
+                VRING_DESC_F_WRITE,
+                0,
+            );
             self.rx.push_avail(mem, i);
         }
         self.rx.publish(mem);
@@ -293,7 +318,12 @@ impl Port {
 
     /// Queue as many frames as there are free TX buffers, produced by `make(buf)` (which writes
     /// the Ethernet frame after the virtio-net header and returns its length). Returns how many.
-    pub fn send_burst(&mut self, mem: &GuestMem, max: usize, make: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+    pub fn send_burst(
+        &mut self,
+        mem: &GuestMem,
+        max: usize,
+        make: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> usize {
         self.reap_tx(mem);
         let mut n = 0;
         let mut frame = vec![0u8; self.tx.buf_size];
@@ -302,7 +332,14 @@ impl Port {
             frame[..VNET_HDR].fill(0);
             let len = make(&mut frame[VNET_HDR..]);
             mem.write(self.tx.buf(i), &frame[..VNET_HDR + len]);
-            mem.put_desc(self.tx.desc, i, self.tx.buf(i) as u64, (VNET_HDR + len) as u32, 0, 0);
+            mem.put_desc(
+                self.tx.desc,
+                i,
+                self.tx.buf(i) as u64,
+                (VNET_HDR + len) as u32,
+                0,
+                0,
+            );
             self.tx.push_avail(mem, i);
             n += 1;
         }
@@ -352,7 +389,17 @@ impl Port {
 
 /// Build an Ethernet/IPv4/UDP frame of `len` bytes (>= 60) into `buf`, carrying `seq` and a
 /// send timestamp; returns `len`.
-pub fn udp_frame(buf: &mut [u8], len: usize, src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, seq: u64, ts_ns: u64) -> usize {
+pub fn udp_frame(
+    buf: &mut [u8],
+    len: usize,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    seq: u64,
+    ts_ns: u64,
+) -> usize {
     let len = len.max(60);
     let f = &mut buf[..len];
     f[..6].copy_from_slice(&dst_mac);
