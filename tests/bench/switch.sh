@@ -12,10 +12,15 @@
 #   --loadgen-cpu C  CPU for the load generator and testpmd's idle main lcore (default 0)
 #   --backend-cpu C  CPU for testpmd's forwarding lcore and for all vm-switch processes
 #                    (default 1): both backends get exactly one core
+#   --spread-cpus L  CPU list for the second vm-switch configuration, "vm-switch-spread"
+#                    (default "LOADGEN_CPU,BACKEND_CPU": its per-VM children may use both CPUs,
+#                    sharing one with the generator); "none" skips that configuration
 #   --switch-args S  extra vm-switch flags (word-split), e.g. "--no-sandbox"
 #
+# vm-switch runs twice: "vm-switch" on the backend CPU only (testpmd's budget) and
+# "vm-switch-spread" on --spread-cpus.
 # Results: every vhost-loadgen line (LOADGEN ...) goes to DIR/results.txt; the script ends with
-#   BENCH metric=NAME testpmd=X vm_switch=Y ratio=Y/X
+#   BENCH metric=NAME backend=vm-switch|vm-switch-spread testpmd=X value=Y ratio=Y/X
 # lines for mpps_64, gbps_1514, latency p50/p99 (loaded and unloaded, 1514-byte frames) and a
 # BENCH rss line per vm-switch process. Exit 0 when every measurement ran; non-zero (with the
 # reason on stderr) when a prerequisite is missing or a backend or the generator fails.
@@ -23,7 +28,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-SECS=5; RUNS=1; OUT=""; BUILD=1; LG_CPU=0; BE_CPU=1; SWITCH_ARGS=""
+SECS=5; RUNS=1; OUT=""; BUILD=1; LG_CPU=0; BE_CPU=1; SPREAD_CPUS=""; SWITCH_ARGS=""
 
 die() { echo "switch.sh: $*" >&2; exit 1; }
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" >&2; exit 2; }
@@ -35,6 +40,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --loadgen-cpu) LG_CPU=$2; shift 2 ;;
         --backend-cpu) BE_CPU=$2; shift 2 ;;
+        --spread-cpus) SPREAD_CPUS=$2; shift 2 ;;
         --switch-args) SWITCH_ARGS=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "switch.sh: unknown argument $1" >&2; usage ;;
@@ -109,13 +115,13 @@ write_peer() { # dir name mac ip
     mv "$1/.$2.json.tmp" "$1/$2.json"
 }
 
-start_switch() { # dir
-    local d=$1
+start_switch() { # dir cpu-list
+    local d=$1 cpus=$2
     mkdir -p "$d/cfg"; rm -f "$d"/cfg/*
     write_peer "$d/cfg" a "$MAC_A" "$IP_A"
     write_peer "$d/cfg" b "$MAC_B" "$IP_B"
     # shellcheck disable=SC2086
-    taskset -c "$BE_CPU" "$SWITCH" --name bench --config-dir "$d/cfg" --log-level info \
+    taskset -c "$cpus" "$SWITCH" --name bench --config-dir "$d/cfg" --log-level info \
         $SWITCH_ARGS < /dev/null > "$d/backend.log" 2>&1 &
     BPID=$!
     wait_sock "$d/cfg/a.sock" 20 && wait_sock "$d/cfg/b.sock" 5 || {
@@ -131,7 +137,7 @@ loadgen() { # label sock_a sock_b extra...
         cat "$OUT/lg.out" >> "$log"; tail -5 "$log" >&2
         die "vhost-loadgen failed against $label (see $log)"; }
     cat "$OUT/lg.out" >> "$log"
-    grep '^LOADGEN mode=' "$OUT/lg.out" | tee -a "$RESULTS"
+    grep '^LOADGEN mode=' "$OUT/lg.out" | sed "s/^/run=$RUN /" | tee -a "$RESULTS"
     grep '^LOADGEN rss' "$OUT/lg.out" >> "$OUT/rss-$label.txt" || true
 }
 
@@ -143,38 +149,59 @@ suite() { # label sock_a sock_b [extra loadgen args]
     loadgen "$label" "$sa" "$sb" --mode latency --size 1514 --no-load "$@"
 }
 
-echo "switch.sh: results in $OUT (loadgen CPU $LG_CPU, backend CPU $BE_CPU, ${SECS}s per result)"
-for run in $(seq "$RUNS"); do
+SPREAD_CPUS=${SPREAD_CPUS:-$LG_CPU,$BE_CPU}
+echo "switch.sh: results in $OUT (loadgen CPU $LG_CPU; testpmd forwarding and vm-switch on CPU $BE_CPU; vm-switch-spread on CPUs $SPREAD_CPUS; ${SECS}s per result)"
+for RUN in $(seq "$RUNS"); do
     start_testpmd "$OUT/testpmd"
     suite testpmd "$OUT/testpmd/a.sock" "$OUT/testpmd/b.sock"
     stop_backend
 
-    start_switch "$OUT/switch"
+    # Same CPU budget as testpmd's forwarding lcore: one core for all vm-switch processes.
+    start_switch "$OUT/switch" "$BE_CPU"
     # The switch answers ARP for its peers: resolve next hops as a guest would.
     suite vm-switch "$OUT/switch/cfg/a.sock" "$OUT/switch/cfg/b.sock" --arp
     stop_backend
-    echo "switch.sh: run $run of $RUNS done"
+
+    if [ "$SPREAD_CPUS" != none ]; then
+        start_switch "$OUT/switch" "$SPREAD_CPUS"
+        suite vm-switch-spread "$OUT/switch/cfg/a.sock" "$OUT/switch/cfg/b.sock" --arp
+        stop_backend
+    fi
+    echo "switch.sh: run $RUN of $RUNS done"
 done
 
 # --- ratios ----------------------------------------------------------------------------------
-# metric = median over runs of KEY on LOADGEN lines matching SELECT, per backend.
-median() { # backend select key
-    awk -v be="$1" -v sel="$2" -v key="$3" '
-        index($0, " backend=" be " ") && index($0, sel) {
-            for (i = 1; i <= NF; i++) { split($i, p, "="); if (p[1] == key) v[n++] = p[2] }
-        }
-        END {
-            if (n == 0) { print "nan"; exit }
-            for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-            print (n % 2 ? v[int(n / 2)] : (v[n / 2 - 1] + v[n / 2]) / 2)
-        }' "$RESULTS"
-}
+# For each metric and vm-switch configuration: the medians over runs of testpmd's and vm-switch's
+# values, and the median of the per-run ratios (each run measures both back to back, so the
+# per-run ratio cancels most of the drift of a shared machine).
 report() { # name select key
-    local t s
-    t=$(median testpmd "$2" "$3"); s=$(median vm-switch "$2" "$3")
-    awk -v n="$1" -v t="$t" -v s="$s" 'BEGIN {
-        r = (t + 0 > 0 && t != "nan" && s != "nan") ? sprintf("%.2f", s / t) : "nan"
-        printf "BENCH metric=%s testpmd=%s vm_switch=%s ratio=%s\n", n, t, s, r }'
+    local v
+    for v in vm-switch vm-switch-spread; do
+        grep -q " backend=$v " "$RESULTS" || continue
+        awk -v n="$1" -v sel="$2" -v key="$3" -v be="$v" '
+            function val(   i, p) {
+                for (i = 1; i <= NF; i++) { split($i, p, "="); if (p[1] == key) return p[2] }
+                return "nan"
+            }
+            function median(a, k,   i, j, t) {
+                if (k == 0) return "nan"
+                for (i = 0; i < k; i++) for (j = i + 1; j < k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                return (k % 2) ? a[int(k / 2)] : (a[k / 2 - 1] + a[k / 2]) / 2
+            }
+            index($0, sel) {
+                split($1, r, "="); x = val()
+                if (x == "nan") next
+                if (index($0, " backend=testpmd ")) tp[r[2]] = x + 0
+                else if (index($0, " backend=" be " ")) sw[r[2]] = x + 0
+            }
+            END {
+                for (k in tp) { a[nt++] = tp[k]; if (k in sw && tp[k] > 0) q[nq++] = sw[k] / tp[k] }
+                for (k in sw) b[ns++] = sw[k]
+                mq = median(q, nq)
+                printf "BENCH metric=%s backend=%s runs=%d testpmd=%s value=%s ratio=%s\n", n, be, nq,
+                    median(a, nt), median(b, ns), (mq == "nan") ? mq : sprintf("%.2f", mq)
+            }' "$RESULTS"
+    done
 }
 {
     report mpps_64 "size=64 vms" mpps
@@ -184,12 +211,13 @@ report() { # name select key
     report lat_load_p99_us "load=bulk" p99_us
     report lat_idle_p50_us "load=none" p50_us
     report lat_idle_p99_us "load=none" p99_us
-    if [ -f "$OUT/rss-vm-switch.txt" ]; then
-        awk '{ for (i = 1; i <= NF; i++) { split($i, p, "="); f[p[1]] = p[2] }
-               if (f["rss_kib"] > max[f["comm"]]) max[f["comm"]] = f["rss_kib"] }
-             END { for (c in max) printf "BENCH rss backend=vm-switch comm=%s max_rss_kib=%s\n", c, max[c] }' \
-            "$OUT/rss-vm-switch.txt" | sort
-    fi
+    for v in vm-switch vm-switch-spread; do
+        [ -f "$OUT/rss-$v.txt" ] || continue
+        awk -v v="$v" '{ for (i = 1; i <= NF; i++) { split($i, p, "="); f[p[1]] = p[2] }
+               if (f["rss_kib"] + 0 > max[f["comm"]] + 0) max[f["comm"]] = f["rss_kib"] }
+             END { for (c in max) printf "BENCH rss backend=%s comm=%s max_rss_kib=%s\n", v, c, max[c] }' \
+            "$OUT/rss-$v.txt" | sort
+    done
     if [ -f "$OUT/rss-testpmd.txt" ]; then
         awk '{ for (i = 1; i <= NF; i++) { split($i, p, "="); f[p[1]] = p[2] }
                if (f["rss_kib"] > m) m = f["rss_kib"] }
