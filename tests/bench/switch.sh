@@ -213,9 +213,12 @@ report() { # name select key
     report lat_idle_p99_us "load=none" p99_us
     for v in vm-switch vm-switch-spread; do
         [ -f "$OUT/rss-$v.txt" ] || continue
+        # Per process name: the largest RSS seen, with its private (anon) and shared (shmem:
+        # guest memory and rings) parts.
         awk -v v="$v" '{ for (i = 1; i <= NF; i++) { split($i, p, "="); f[p[1]] = p[2] }
-               if (f["rss_kib"] + 0 > max[f["comm"]] + 0) max[f["comm"]] = f["rss_kib"] }
-             END { for (c in max) printf "BENCH rss backend=%s comm=%s max_rss_kib=%s\n", v, c, max[c] }' \
+               c = f["comm"]
+               if (f["rss_kib"] + 0 > max[c] + 0) { max[c] = f["rss_kib"]; an[c] = f["anon_kib"]; sh[c] = f["shmem_kib"] } }
+             END { for (c in max) printf "BENCH rss backend=%s comm=%s max_rss_kib=%s anon_kib=%s shmem_kib=%s\n", v, c, max[c], an[c], sh[c] }' \
             "$OUT/rss-$v.txt" | sort
     done
     if [ -f "$OUT/rss-testpmd.txt" ]; then

@@ -14,6 +14,11 @@ pub struct ProcRss {
     pub comm: String,
     /// VmRSS in KiB.
     pub rss_kib: u64,
+    /// RssAnon in KiB: the process's private memory.
+    pub anon_kib: u64,
+    /// RssShmem in KiB: shared memory it has touched (for a vhost-user backend mostly guest
+    /// memory and rings, which the VMM owns).
+    pub shmem_kib: u64,
 }
 
 /// Parse `/proc/<pid>/stat`'s ppid (the field after the parenthesised comm, which may itself
@@ -23,11 +28,11 @@ fn parse_ppid(stat: &str) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// VmRSS in KiB from `/proc/<pid>/status` text.
-pub fn parse_vm_rss(status: &str) -> Option<u64> {
+/// The KiB value of `field` (e.g. `VmRSS`) from `/proc/<pid>/status` text.
+pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
@@ -41,7 +46,9 @@ fn read(pid: u32) -> Option<ProcRss> {
         ppid: parse_ppid(&stat)?,
         comm: comm.trim().replace(char::is_whitespace, "_"),
         // Kernel threads and zombies have no VmRSS.
-        rss_kib: parse_vm_rss(&status).unwrap_or(0),
+        rss_kib: parse_status_kib(&status, "VmRSS").unwrap_or(0),
+        anon_kib: parse_status_kib(&status, "RssAnon").unwrap_or(0),
+        shmem_kib: parse_status_kib(&status, "RssShmem").unwrap_or(0),
     })
 }
 
@@ -78,8 +85,11 @@ mod tests {
 
     #[test]
     fn parses_status() {
-        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t  1234 kB\n"), Some(1234));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        let status = "Name:\tx\nVmRSS:\t  1234 kB\nRssAnon:\t 200 kB\nRssShmem:\t 1000 kB\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(1234));
+        assert_eq!(parse_status_kib(status, "RssAnon"), Some(200));
+        assert_eq!(parse_status_kib(status, "RssShmem"), Some(1000));
+        assert_eq!(parse_status_kib("Name:\tx\n", "VmRSS"), None);
     }
 
     #[test]

@@ -179,8 +179,8 @@ impl Report {
         }
         for p in &self.rss {
             out.push(format!(
-                "LOADGEN rss backend={label} pid={} ppid={} comm={} rss_kib={}",
-                p.pid, p.ppid, p.comm, p.rss_kib
+                "LOADGEN rss backend={label} pid={} ppid={} comm={} rss_kib={} anon_kib={} shmem_kib={}",
+                p.pid, p.ppid, p.comm, p.rss_kib, p.anon_kib, p.shmem_kib
             ));
         }
         out
