@@ -1,13 +1,15 @@
-//! End-to-end: `vhost-loadgen` plays two VMs against dpdk-testpmd (io forwarding between two
-//! vhost-user ports, the reference vhost-user backend) and frames must arrive both ways.
+//! End-to-end: `vhost-loadgen` plays VMs against dpdk-testpmd (io forwarding between two
+//! vhost-user ports, the reference vhost-user backend) and against vm-switch built from this
+//! checkout; frames must arrive on every VM.
 //!
-//! Needs `dpdk-testpmd` (Debian `dpdk-dev`); runs in ~15 s. No hugepages, no root-only devices.
+//! Needs `dpdk-testpmd` (Debian `dpdk-dev`) and, for vm-switch's sandbox, root (user namespaces).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmsilo_tests::require_tool;
+use vmsilo_tests::switch::{PeerSpec, SwitchProcess};
 
 struct Testpmd(Child);
 
@@ -70,18 +72,26 @@ fn field(line: &str, key: &str) -> f64 {
 }
 
 fn loadgen(dir: &Path, extra: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_vhost-loadgen"))
-        .arg("--vm")
-        .arg(format!(
+    let vms = [
+        format!(
             "a,{},52:54:00:00:00:0a,10.9.0.1",
             dir.join("a.sock").display()
-        ))
-        .arg("--vm")
-        .arg(format!(
+        ),
+        format!(
             "b,{},52:54:00:00:00:0b,10.9.0.2",
             dir.join("b.sock").display()
-        ))
-        .args(["--secs", "2", "--warmup", "0.5", "--label", "testpmd"])
+        ),
+    ];
+    run_loadgen(&vms, "testpmd", extra)
+}
+
+fn run_loadgen(vms: &[String], label: &str, extra: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-loadgen"));
+    for vm in vms {
+        cmd.arg("--vm").arg(vm);
+    }
+    let out = cmd
+        .args(["--secs", "2", "--warmup", "0.5", "--label", label])
         .args(extra)
         .output()
         .expect("run vhost-loadgen");
@@ -129,4 +139,58 @@ fn loadgen_drives_frames_through_testpmd() {
         "{line}"
     );
     assert!(field(line, "p50_us") > 0.0, "{line}");
+}
+
+#[test]
+fn loadgen_drives_three_vms_through_vm_switch_with_proxy_arp() {
+    let sw = SwitchProcess::start("lgtest", &[]);
+    let names = ["a", "b", "c"];
+    for (i, n) in names.iter().enumerate() {
+        let spec = PeerSpec::new(
+            n,
+            &format!("52:54:00:00:01:0{i}"),
+            &format!("10.9.1.{}/24", i + 1),
+        );
+        sw.add_peer(&spec);
+    }
+    for n in names {
+        sw.wait_socket(n);
+    }
+    let vms: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "{n},{},52:54:00:00:01:0{i},10.9.1.{}",
+                sw.socket(n).display(),
+                i + 1
+            )
+        })
+        .collect();
+    // A ring a -> b -> c -> a; each next hop resolved by the switch's proxy ARP.
+    let out = run_loadgen(
+        &vms,
+        "vm-switch",
+        &["--mode", "throughput", "--size", "64", "--arp"],
+    );
+    for (i, n) in names.iter().enumerate() {
+        let next = (i + 1) % names.len();
+        let want = format!(
+            "LOADGEN arp backend=vm-switch vm={n} next_hop=10.9.1.{} mac=52:54:00:00:01:0{next}",
+            next + 1
+        );
+        assert!(
+            out.contains(&want),
+            "missing `{want}` in:\n{out}\n{}",
+            sw.log_text()
+        );
+    }
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("LOADGEN mode=throughput"))
+        .unwrap_or_else(|| panic!("no throughput line in {out}"));
+    assert_eq!(field(line, "vms"), 3.0, "{line}");
+    assert_eq!(field(line, "senders"), 3.0, "{line}");
+    assert!(field(line, "rx_pps") > 1000.0, "{line}\n{}", sw.log_text());
+    assert_eq!(field(line, "misrouted"), 0.0, "{line}");
 }
