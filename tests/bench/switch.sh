@@ -21,7 +21,8 @@
 # "vm-switch-spread" on --spread-cpus.
 # Results: every vhost-loadgen line (LOADGEN ...) goes to DIR/results.txt; the script ends with
 #   BENCH metric=NAME backend=vm-switch|vm-switch-spread testpmd=X value=Y ratio=Y/X
-# lines for mpps_64, gbps_1514, latency p50/p99 (loaded and unloaded, 1514-byte frames) and a
+# lines for mpps_64, gbps_1514, latency p50/p99 (loaded, unloaded, and loaded with a receiver
+# draining at most 100 kpps, all with 1514-byte frames) and a
 # BENCH rss line per vm-switch process. Exit 0 when every measurement ran; non-zero (with the
 # reason on stderr) when a prerequisite is missing or a backend or the generator fails.
 set -euo pipefail
@@ -147,6 +148,8 @@ suite() { # label sock_a sock_b [extra loadgen args]
     loadgen "$label" "$sa" "$sb" --mode throughput --size 1514 "$@"
     loadgen "$label" "$sa" "$sb" --mode latency --size 1514 "$@"
     loadgen "$label" "$sa" "$sb" --mode latency --size 1514 --no-load "$@"
+    # A slow receiver: VM b drains at most 100 kpps, so a standing queue builds in the backend.
+    loadgen "$label" "$sa" "$sb" --mode latency --size 1514 --drain-pps 100000 "$@"
 }
 
 SPREAD_CPUS=${SPREAD_CPUS:-$LG_CPU,$BE_CPU}
@@ -207,8 +210,11 @@ report() { # name select key
     report mpps_64 "size=64 vms" mpps
     report gbps_1514 "size=1514 vms" gbps
     report drop_pct_64 "size=64 vms" drop_pct
-    report lat_load_p50_us "load=bulk" p50_us
-    report lat_load_p99_us "load=bulk" p99_us
+    report lat_load_p50_us "load=bulk drain_pps=none" p50_us
+    report lat_load_p99_us "load=bulk drain_pps=none" p99_us
+    report lat_slowrx_p50_us "drain_pps=100000" p50_us
+    report lat_slowrx_p99_us "drain_pps=100000" p99_us
+    report lat_slowrx_rx_pps "drain_pps=100000" bulk_rx_pps
     report lat_idle_p50_us "load=none" p50_us
     report lat_idle_p99_us "load=none" p99_us
     for v in vm-switch vm-switch-spread; do

@@ -202,6 +202,7 @@ fn config(mode: Mode) -> RunConfig {
         probe_interval: Duration::from_micros(500),
         rss_pids: vec![std::process::id()],
         busy_poll: false,
+        drain_pps: None,
     }
 }
 

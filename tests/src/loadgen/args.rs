@@ -57,6 +57,10 @@ pub struct Args {
     /// Sample the RSS of this process and its descendants mid-run (repeatable).
     #[arg(long = "rss-pid")]
     pub rss_pids: Vec<u32>,
+    /// Latency mode: the receiving VM drains at most this many frames per second, so a
+    /// standing queue builds up in the backend.
+    #[arg(long)]
+    pub drain_pps: Option<u64>,
     /// Never sleep on the call eventfds: poll like a DPDK guest (costs a full CPU).
     #[arg(long)]
     pub busy_poll: bool,
@@ -95,6 +99,7 @@ impl Args {
             probe_interval: Duration::from_micros(self.probe_interval_us.max(10)),
             rss_pids: self.rss_pids.clone(),
             busy_poll: self.busy_poll,
+            drain_pps: self.drain_pps.filter(|&p| p > 0),
         }
     }
 }

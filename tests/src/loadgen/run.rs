@@ -92,6 +92,9 @@ pub struct RunConfig {
     pub rss_pids: Vec<u32>,
     /// Never sleep on the call eventfds (a polling guest driver); costs a full CPU.
     pub busy_poll: bool,
+    /// Latency mode: VM 1 receives at most this many frames per second, so a standing queue
+    /// builds up in the backend (where FQ-CoDel must keep the sparse flow fast).
+    pub drain_pps: Option<u64>,
 }
 
 /// Result of a run.
@@ -123,6 +126,8 @@ pub struct Report {
     pub probes_sent: u64,
     /// RSS samples taken mid-window.
     pub rss: Vec<ProcRss>,
+    /// The receiver's rate limit, if any.
+    pub drain_pps: Option<u64>,
 }
 
 impl Report {
@@ -161,11 +166,13 @@ impl Report {
                     .probes_sent
                     .saturating_sub(self.latencies_ns.len() as u64);
                 out.push(format!(
-                    "LOADGEN mode=latency backend={label} size={} load={} secs={:.2} probes={} \
+                    "LOADGEN mode=latency backend={label} size={} load={} drain_pps={} secs={:.2} probes={} \
                      probes_lost={lost} p50_us={} p90_us={} p99_us={} max_us={} bulk_rx_pps={:.0} \
                      bulk_drop_pct={:.2}",
                     self.size,
                     if with_load { "bulk" } else { "none" },
+                    self.drain_pps
+                        .map_or_else(|| "none".to_string(), |p| p.to_string()),
                     self.secs,
                     self.probes_sent,
                     fmt(self.latency_us(0.5)),
@@ -281,6 +288,39 @@ struct Station {
     from_ip: Ipv4Addr,
     next_probe: Instant,
     seq: u32,
+    /// Receive rate limit: a slow guest that leaves frames queued in the backend.
+    drain: Option<Drain>,
+}
+
+/// Token bucket for a receiver that drains at most `pps` frames per second.
+struct Drain {
+    pps: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Drain {
+    fn new(pps: u64) -> Self {
+        Self {
+            pps: pps as f64,
+            tokens: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Frames that may be received now; at most a small burst so the rate stays smooth.
+    fn budget(&mut self) -> usize {
+        let now = Instant::now();
+        let burst = (self.pps / 100.0).max(8.0);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.pps).min(burst);
+        self.last = now;
+        self.tokens as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
 }
 
 impl Station {
@@ -343,8 +383,12 @@ impl Station {
         let (mut ok, mut misrouted, mut foreign) = (0u64, 0u64, 0u64);
         let probes = &mut out.probes;
         // Receive more than we send per round so a backend that forwards everything never
-        // finds the RX queue full because of us.
-        work += vm.poll_rx(4 * batch.max(64), |f, _len| match frame::parse_udp(f) {
+        // finds the RX queue full because of us -- unless this receiver is rate-limited.
+        let budget = match self.drain.as_mut() {
+            Some(d) => d.budget().min(4 * batch.max(64)),
+            None => 4 * batch.max(64),
+        };
+        let received = vm.poll_rx(budget, |f, _len| match frame::parse_udp(f) {
             Some(r) => {
                 if r.dst_mac != me.mac || r.dst_ip != me.ip || r.src_ip != from_ip {
                     misrouted += 1;
@@ -358,6 +402,12 @@ impl Station {
             }
             None => foreign += 1,
         })?;
+        if let Some(d) = self.drain.as_mut() {
+            d.spend(received);
+            // Idle until tokens accrue, but never oversleep the bucket.
+            may_sleep = may_sleep.min(Duration::from_micros(200));
+        }
+        work += received;
         if ok > 0 {
             counters.rx_ok.fetch_add(ok, Ordering::Relaxed);
         }
@@ -515,6 +565,11 @@ pub fn run(vms: Vec<Vm>, next_hop_macs: &[[u8; 6]], cfg: &RunConfig) -> Result<R
             from_ip: from.ip,
             next_probe: Instant::now(),
             seq: 0,
+            // Only VM 1 (the bulk/probe receiver in latency mode) is slowed down.
+            drain: match (cfg.mode, cfg.drain_pps) {
+                (Mode::Latency { .. }, Some(pps)) if i == 1 => Some(Drain::new(pps)),
+                _ => None,
+            },
         });
     }
     let (c, ctl2, batch, busy) = (counters.clone(), ctl.clone(), cfg.batch, cfg.busy_poll);
@@ -585,6 +640,7 @@ pub fn run(vms: Vec<Vm>, next_hop_macs: &[[u8; 6]], cfg: &RunConfig) -> Result<R
         latencies_ns: latencies,
         probes_sent,
         rss,
+        drain_pps: cfg.drain_pps,
     })
 }
 
