@@ -5,6 +5,7 @@
 //! tier; a missing prerequisite there is a loud failure, never a silent skip.
 
 pub mod compositor;
+pub mod loadgen;
 pub mod switch;
 
 use std::path::{Path, PathBuf};
