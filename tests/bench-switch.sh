@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # vm-switch benchmarks, one command: `tests/bench-switch.sh [--no-guests] [--no-loadgen]`.
 #
-# 1. loadgen: our vhost-user frontend plays two VMs and drives vm-switch, then dpdk-testpmd
-#    (io forwarding between two vhost-user ports) in the same run; prints a table and ratios.
+# 1. loadgen: tests/bench/switch.sh — vhost-loadgen plays two VMs against dpdk-testpmd (io
+#    forwarding) and vm-switch in the same run, CPUs pinned; prints medians and ratios.
 # 2. guests: two QEMU guests (TCG here) through vm-switch, dpdk-testpmd (tso=1), `-netdev stream`
 #    and a TAP + bridge, with ../shared/vmtest/run-pair.sh: ping RTT and iperf3 both ways.
 #
@@ -22,8 +22,8 @@ for a in "$@"; do
 done
 
 if ((loadgen)); then
-  echo "== loadgen (LOADGEN_SECS=${LOADGEN_SECS:-3} per phase)"
-  cargo bench -q -p vm-switch --bench loadgen
+  echo "== loadgen (tests/bench/switch.sh)"
+  bash tests/bench/switch.sh
 fi
 
 if ((guests)); then
