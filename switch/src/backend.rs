@@ -22,9 +22,10 @@ use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::control::{self, ControlError};
-use crate::datapath::{self, Datapath, Delivery, EV_CTL, MAX_FRAME, Reg, VNET_HDR};
+use crate::datapath::{self, Datapath, Delivery, EV_CTL, EV_TIMER, MAX_FRAME, Reg, VNET_HDR};
 use crate::offload::{self, Adapted, Offloads};
 
 /// Largest queue size accepted (the virtio maximum for split queues).
@@ -69,6 +70,10 @@ pub struct NetBackend {
     offloads: Offloads,
     mrg_rxbuf: bool,
     backlog: std::collections::VecDeque<Vec<u8>>,
+    /// We stopped reading the TX queue because a destination is full (back-pressure).
+    tx_paused: bool,
+    /// Fires while paused so a destination that never drains is found to be stalled.
+    stall_timer: Option<TimerFd>,
     /// Hostile-guest counters.
     pub guest_errors: GuestErrors,
     /// Set when the control socket closed: main is gone.
@@ -91,6 +96,10 @@ impl NetBackend {
             offloads: Offloads::default(),
             mrg_rxbuf: false,
             backlog: std::collections::VecDeque::new(),
+            tx_paused: false,
+            stall_timer: TimerFd::new()
+                .inspect_err(|e| tracing::warn!(error = %e, "no stall timer"))
+                .ok(),
             guest_errors: GuestErrors::default(),
             orphaned: false,
             seccomp_probe: false,
@@ -105,6 +114,9 @@ impl NetBackend {
     /// Remember the worker's epoll handler and register the control socket and any rings.
     pub fn attach_handler(&mut self, h: Arc<Handler>) -> std::io::Result<()> {
         h.register_listener(self.ctl.as_raw_fd(), EventSet::IN, u64::from(EV_CTL))?;
+        if let Some(t) = &self.stall_timer {
+            h.register_listener(t.as_raw_fd(), EventSet::IN, u64::from(EV_TIMER))?;
+        }
         for Reg::Add(fd, id) in self.dp.all_registrations() {
             h.register_listener(fd, EventSet::IN, u64::from(id))?;
         }
@@ -147,6 +159,7 @@ impl NetBackend {
         let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
             return;
         };
+        self.tx_paused = false;
         let mut used_any = false;
         // One lock for the whole batch: only this worker thread touches the queue while it runs.
         let mut st = txq.get_mut();
@@ -155,6 +168,12 @@ impl NetBackend {
                 let _ = st.disable_notification();
             }
             loop {
+                if self.dp.tx_blocked() {
+                    // Back-pressure: leave the rest in the guest's ring until the full
+                    // destination frees space (its space eventfd resumes us).
+                    self.tx_paused = true;
+                    break;
+                }
                 let chain = st.get_queue_mut().pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
@@ -186,7 +205,7 @@ impl NetBackend {
                 }
                 used_any = true;
             }
-            if !self.event_idx || !st.enable_notification().unwrap_or(false) {
+            if self.tx_paused || !self.event_idx || !st.enable_notification().unwrap_or(false) {
                 break;
             }
         }
@@ -195,6 +214,24 @@ impl NetBackend {
         }
         drop(st);
         self.dp.flush();
+        if self.tx_paused {
+            self.arm_stall_timer();
+        }
+    }
+
+    fn arm_stall_timer(&mut self) {
+        let next = self.dp.check_stalls();
+        if let (Some(t), Some(d)) = (self.stall_timer.as_mut(), next) {
+            let _ = t.reset(d, None);
+        }
+    }
+
+    /// End a back-pressure pause once no destination holds us back any more.
+    fn maybe_resume_tx(&mut self, txq: &VringRwLock) {
+        if self.tx_paused && !self.dp.tx_blocked() {
+            self.tx_paused = false;
+            self.process_tx(txq);
+        }
     }
 
     /// Move waiting frames into the guest's RX buffers.
@@ -502,6 +539,20 @@ impl VhostUserBackendMut for NetBackend {
                 Some((slot, true)) => self.dp.on_space(slot),
                 None => {}
             },
+        }
+        if device_event == EV_TIMER {
+            if let Some(t) = self.stall_timer.as_mut() {
+                let _ = t.clear();
+            }
+            if self.tx_paused {
+                self.arm_stall_timer();
+            }
+        }
+        if self.tx_paused {
+            self.maybe_resume_tx(txq);
+            if !self.tx_paused {
+                self.deliver(rxq);
+            }
         }
         Ok(())
     }
