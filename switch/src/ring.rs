@@ -444,9 +444,20 @@ impl Consumer {
         }
     }
 
-    /// After draining: wake the producer if it is waiting for space.
+    /// After draining: wake the producer if it is waiting for space, but only once at least
+    /// half the ring is free, so a full ring costs one wake-up per half ring rather than one
+    /// per drained batch. Every drain ends with a call, so the flag is never forgotten: either
+    /// this one signals or a later one (after more was consumed) does.
     pub fn release(&self) {
         fence(Ordering::SeqCst);
+        let used = self
+            .map
+            .u64_at(OFF_HEAD)
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.tail);
+        if used > self.map.cap / 2 && used <= self.map.cap {
+            return;
+        }
         if self.map.u32_at(OFF_WANT_SPACE).swap(0, Ordering::AcqRel) != 0 {
             let _ = self.space.write(1);
         }
@@ -496,6 +507,14 @@ mod tests {
         assert!((6..=8).contains(&n), "{n} frames of 500 in 4096");
         let mut buf = Vec::new();
         assert!(c.pop(&mut buf).unwrap());
+        c.release();
+        assert!(
+            p.space_fd().read().is_err(),
+            "no doorbell while the ring is over half full"
+        );
+        for _ in 0..n / 2 {
+            assert!(c.pop(&mut buf).unwrap());
+        }
         c.release();
         assert_eq!(p.space_fd().read().unwrap(), 1, "space doorbell rung");
         assert!(p.push(&[&[1u8; 500]]).unwrap());
