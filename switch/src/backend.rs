@@ -18,19 +18,22 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::control::{self, ControlError};
-use crate::datapath::{self, Datapath, Delivery, EV_CTL, MAX_FRAME, Reg, VNET_HDR};
+use crate::datapath::{self, Datapath, Delivery, EV_CTL, EV_TIMER, MAX_FRAME, Reg, VNET_HDR};
 use crate::offload::{self, Adapted, Offloads};
 
 /// Largest queue size accepted (the virtio maximum for split queues).
 pub const MAX_QUEUE_SIZE: usize = 32768;
 const RX: usize = 0;
 const TX: usize = 1;
+/// TX chains taken per avail-index read before their used entries are published.
+const TX_BATCH: usize = 64;
 
 /// Guest memory type used by the backend.
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -69,6 +72,10 @@ pub struct NetBackend {
     offloads: Offloads,
     mrg_rxbuf: bool,
     backlog: std::collections::VecDeque<Vec<u8>>,
+    /// We stopped reading the TX queue because a destination is full (back-pressure).
+    tx_paused: bool,
+    /// Fires while paused so a destination that never drains is found to be stalled.
+    stall_timer: Option<TimerFd>,
     /// Hostile-guest counters.
     pub guest_errors: GuestErrors,
     /// Set when the control socket closed: main is gone.
@@ -91,6 +98,10 @@ impl NetBackend {
             offloads: Offloads::default(),
             mrg_rxbuf: false,
             backlog: std::collections::VecDeque::new(),
+            tx_paused: false,
+            stall_timer: TimerFd::new()
+                .inspect_err(|e| tracing::warn!(error = %e, "no stall timer"))
+                .ok(),
             guest_errors: GuestErrors::default(),
             orphaned: false,
             seccomp_probe: false,
@@ -105,6 +116,9 @@ impl NetBackend {
     /// Remember the worker's epoll handler and register the control socket and any rings.
     pub fn attach_handler(&mut self, h: Arc<Handler>) -> std::io::Result<()> {
         h.register_listener(self.ctl.as_raw_fd(), EventSet::IN, u64::from(EV_CTL))?;
+        if let Some(t) = &self.stall_timer {
+            h.register_listener(t.as_raw_fd(), EventSet::IN, u64::from(EV_TIMER))?;
+        }
         for Reg::Add(fd, id) in self.dp.all_registrations() {
             h.register_listener(fd, EventSet::IN, u64::from(id))?;
         }
@@ -147,6 +161,7 @@ impl NetBackend {
         let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
             return;
         };
+        self.tx_paused = false;
         let mut used_any = false;
         // One lock for the whole batch: only this worker thread touches the queue while it runs.
         let mut st = txq.get_mut();
@@ -154,39 +169,62 @@ impl NetBackend {
             if self.event_idx {
                 let _ = st.disable_notification();
             }
-            loop {
-                let chain = st.get_queue_mut().pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                if self.seccomp_probe {
-                    tracing::warn!("seccomp probe: calling socket(), which children may not");
-                    // SAFETY: a plain socket() call; under the child filter it never returns.
-                    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
-                    if fd >= 0 {
-                        // SAFETY: closing the descriptor we just got (seccomp was off).
-                        unsafe { libc::close(fd) };
+            // Batches: the avail index is read once per batch and the used entries are
+            // published after it, with the guest memory already loaded.
+            let mut more = true;
+            while more && !self.tx_paused {
+                let mut heads = [0u16; TX_BATCH];
+                let mut n = 0;
+                let q = st.get_queue_mut();
+                let Ok(mut avail) = q.iter(mem.clone()) else {
+                    break;
+                };
+                while n < TX_BATCH {
+                    if self.dp.tx_blocked() {
+                        // Back-pressure: leave the rest in the guest's ring until the full
+                        // destination frees space (its space eventfd resumes us).
+                        self.tx_paused = true;
+                        break;
                     }
-                    self.seccomp_probe = false;
-                }
-                match read_chain(&mem, chain, &mut self.scratch) {
-                    Ok(()) => {
-                        // Only offloads this guest negotiated, with sane offsets, may reach
-                        // another guest.
-                        if offload::validate(&mut self.scratch, self.offloads) {
-                            self.dp.from_guest(&mut self.scratch);
-                        } else {
-                            self.guest_errors.bad_offload_headers += 1;
+                    let Some(chain) = avail.next() else {
+                        more = false;
+                        break;
+                    };
+                    heads[n] = chain.head_index();
+                    n += 1;
+                    if self.seccomp_probe {
+                        tracing::warn!("seccomp probe: calling socket(), which children may not");
+                        // SAFETY: a plain socket() call; under the child filter it never returns.
+                        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+                        if fd >= 0 {
+                            // SAFETY: closing the descriptor we just got (seccomp was off).
+                            unsafe { libc::close(fd) };
                         }
+                        self.seccomp_probe = false;
                     }
-                    Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
-                    Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
+                    match read_chain(&mem, chain, &mut self.scratch) {
+                        Ok(()) => {
+                            // Only offloads this guest negotiated, with sane offsets, may reach
+                            // another guest.
+                            if offload::validate(&mut self.scratch, self.offloads) {
+                                self.dp.from_guest(&mut self.scratch);
+                            } else {
+                                self.guest_errors.bad_offload_headers += 1;
+                            }
+                        }
+                        Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
+                        Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
+                    }
                 }
-                if st.add_used(head, 0).is_err() {
-                    self.guest_errors.bad_chains += 1;
+                drop(avail);
+                for &head in &heads[..n] {
+                    if q.add_used(&*mem, head, 0).is_err() {
+                        self.guest_errors.bad_chains += 1;
+                    }
+                    used_any = true;
                 }
-                used_any = true;
             }
-            if !self.event_idx || !st.enable_notification().unwrap_or(false) {
+            if self.tx_paused || !self.event_idx || !st.enable_notification().unwrap_or(false) {
                 break;
             }
         }
@@ -195,6 +233,24 @@ impl NetBackend {
         }
         drop(st);
         self.dp.flush();
+        if self.tx_paused {
+            self.arm_stall_timer();
+        }
+    }
+
+    fn arm_stall_timer(&mut self) {
+        let next = self.dp.check_stalls();
+        if let (Some(t), Some(d)) = (self.stall_timer.as_mut(), next) {
+            let _ = t.reset(d, None);
+        }
+    }
+
+    /// End a back-pressure pause once no destination holds us back any more.
+    fn maybe_resume_tx(&mut self, txq: &VringRwLock) {
+        if self.tx_paused && !self.dp.tx_blocked() {
+            self.tx_paused = false;
+            self.process_tx(txq);
+        }
     }
 
     /// Move waiting frames into the guest's RX buffers.
@@ -331,7 +387,7 @@ fn write_frame(
     let mut hdr_at: Option<vm_memory::GuestAddress> = None;
     let give_back = |rxq: &mut VringState<GuestMem>, used: &[(u16, u32)]| {
         for &(head, _) in used {
-            let _ = rxq.add_used(head, 0);
+            let _ = rxq.get_queue_mut().add_used(&**mem, head, 0);
         }
     };
     while off < frame.len() {
@@ -370,7 +426,7 @@ fn write_frame(
         }
         if fault || written == 0 || n_used == MAX_MERGE {
             errors.bad_chains += u64::from(fault || written == 0);
-            let _ = rxq.add_used(head, 0);
+            let _ = rxq.get_queue_mut().add_used(&**mem, head, 0);
             give_back(rxq, &used[..n_used]);
             return Delivery::Dropped;
         }
@@ -391,7 +447,7 @@ fn write_frame(
         }
     }
     for &(head, len) in &used[..n_used] {
-        let _ = rxq.add_used(head, len);
+        let _ = rxq.get_queue_mut().add_used(&**mem, head, len);
     }
     Delivery::Delivered
 }
@@ -502,6 +558,20 @@ impl VhostUserBackendMut for NetBackend {
                 Some((slot, true)) => self.dp.on_space(slot),
                 None => {}
             },
+        }
+        if device_event == EV_TIMER {
+            if let Some(t) = self.stall_timer.as_mut() {
+                let _ = t.clear();
+            }
+            if self.tx_paused {
+                self.arm_stall_timer();
+            }
+        }
+        if self.tx_paused {
+            self.maybe_resume_tx(txq);
+            if !self.tx_paused {
+                self.deliver(rxq);
+            }
         }
         Ok(())
     }

@@ -26,6 +26,16 @@ const MAX_REPLIES: usize = 64;
 const MAX_SLOTS: u32 = 16_000;
 /// Event id of the control socket in the worker's epoll.
 pub const EV_CTL: u16 = 3;
+/// Event id of the back-pressure stall timer in the worker's epoll.
+pub const EV_TIMER: u16 = 4;
+/// Queued bytes towards one destination at which we stop taking frames from our guest's TX
+/// queue: the guest keeps the rest in its own ring (back-pressure) instead of the switch
+/// dropping them. Small, so the queue's sojourn time stays far below the CoDel target.
+pub const BACKPRESSURE_BYTES: usize = 64 * 1024;
+/// A destination that frees no ring space for this long no longer holds back our guest: its
+/// frames go to FQ-CoDel (and are dropped there), so a peer that never drains cannot stall our
+/// traffic to everyone else.
+pub const STALL_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Event id for the data eventfd of the ingress ring from `slot`.
 pub fn ev_ingress(slot: PeerSlot) -> u16 {
@@ -76,6 +86,23 @@ struct Egress {
     held: Option<Vec<u8>>,
     dirty: bool,
     waiting_space: bool,
+    /// When the ring last turned out full without space freed since.
+    blocked_since: Option<std::time::Instant>,
+    /// The consumer made no room for [`STALL_AFTER`]: back-pressure ignores this destination.
+    stalled: bool,
+}
+
+impl Egress {
+    fn note_full(&mut self) {
+        self.waiting_space = true;
+        if self.blocked_since.is_none() {
+            self.blocked_since = Some(std::time::Instant::now());
+        }
+    }
+
+    fn holds_back(&self) -> bool {
+        !self.stalled && self.q.backlog() >= BACKPRESSURE_BYTES
+    }
 }
 
 /// What the guest-side sink did with one frame.
@@ -213,6 +240,8 @@ impl Datapath {
                                 held: None,
                                 dirty: false,
                                 waiting_space: false,
+                                blocked_since: None,
+                                stalled: false,
                             },
                         );
                     }
@@ -280,7 +309,7 @@ impl Datapath {
                             e.dirty = true;
                             return;
                         }
-                        Ok(false) => e.waiting_space = true,
+                        Ok(false) => e.note_full(),
                         Err(err) => {
                             tracing::debug!(error = %err, "egress push failed");
                             self.counters.egress_drops += 1;
@@ -309,7 +338,7 @@ impl Datapath {
                 Ok(true) => e.dirty = true,
                 Ok(false) => {
                     e.held = Some(p);
-                    e.waiting_space = true;
+                    e.note_full();
                     return;
                 }
                 Err(_) => counters.egress_drops += 1,
@@ -322,9 +351,39 @@ impl Datapath {
         if let Some(e) = self.egress.get_mut(&slot) {
             let _ = e.prod.space_fd().read();
             e.waiting_space = false;
+            e.blocked_since = None;
+            e.stalled = false;
             Self::drain(e, &mut self.counters);
         }
         self.flush();
+    }
+
+    /// Whether a destination's queue is full enough that we should stop reading our guest's TX
+    /// queue until its ring frees space (the space eventfd ends the pause).
+    pub fn tx_blocked(&self) -> bool {
+        self.egress.values().any(Egress::holds_back)
+    }
+
+    /// Mark destinations that freed no space for [`STALL_AFTER`] as stalled, so they stop
+    /// holding back our guest. Returns how long until the next one could stall, if any still
+    /// holds back.
+    pub fn check_stalls(&mut self) -> Option<std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut next: Option<std::time::Duration> = None;
+        for e in self.egress.values_mut() {
+            if !e.holds_back() {
+                continue;
+            }
+            let since = *e.blocked_since.get_or_insert(now);
+            let waited = now.saturating_duration_since(since);
+            if waited >= STALL_AFTER {
+                e.stalled = true;
+            } else {
+                let left = STALL_AFTER - waited;
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        next
     }
 
     /// Ring the data doorbell of every ring written since the last flush.
@@ -560,6 +619,60 @@ mod tests {
             "sparse frame delivered at position {pos} of 201 (FIFO: 200)"
         );
         assert_eq!(b.counters.rx_frames, order.len() as u64);
+    }
+
+    #[test]
+    fn a_full_destination_pauses_the_sender_instead_of_dropping() {
+        let (mut a, mut b, _, slot_b_in_a) = pair(8192);
+        let mut sent = 0u32;
+        while !a.tx_blocked() {
+            a.from_guest(&mut udp(4000, sent, 1000));
+            sent += 1;
+            assert!(sent < 200, "back-pressure never engaged");
+        }
+        a.flush();
+        assert_eq!(a.counters.egress_drops, 0);
+        // A destination that keeps draining keeps holding the sender back until it made room.
+        assert!(a.check_stalls().is_some());
+        assert!(a.tx_blocked());
+        let mut got = 0u32;
+        for _ in 0..1000 {
+            b.to_guest(&mut |_f: &mut [u8]| {
+                got += 1;
+                Delivery::Delivered
+            });
+            a.on_space(slot_b_in_a);
+            if a.queued() == 0 {
+                break;
+            }
+        }
+        assert!(!a.tx_blocked());
+        b.to_guest(&mut |_f: &mut [u8]| {
+            got += 1;
+            Delivery::Delivered
+        });
+        assert_eq!(got, sent, "every frame taken from the guest was delivered");
+    }
+
+    #[test]
+    fn a_destination_that_never_drains_stops_holding_the_sender_back() {
+        let (mut a, _b, _, slot_b_in_a) = pair(8192);
+        let mut seq = 0;
+        while !a.tx_blocked() {
+            a.from_guest(&mut udp(4000, seq, 1000));
+            seq += 1;
+        }
+        let e = a.egress.get_mut(&slot_b_in_a).unwrap();
+        e.blocked_since = Some(std::time::Instant::now() - STALL_AFTER);
+        assert_eq!(a.check_stalls(), None);
+        assert!(!a.tx_blocked(), "a stalled peer must not block our guest");
+        // Its frames now go to FQ-CoDel, bounded by the byte limit.
+        for _ in 0..3000 {
+            a.from_guest(&mut udp(4000, seq, 1000));
+            seq += 1;
+        }
+        assert!(a.counters.egress_drops > 0);
+        assert!(a.egress[&slot_b_in_a].q.backlog() <= Params::default().limit_bytes);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | 64 | 8 | `head`: bytes ever written (producer only) |
 //! | 128 | 8 | `tail`: bytes ever consumed (consumer only) |
 //! | 136 | 4 | `want_space`: the producer waits for the space eventfd |
+//! | 140 | 4 | `want_data`: the consumer found the ring empty and waits for the data eventfd |
 //! | 256 | capacity | data area |
 //!
 //! A record is an 8-byte header (`u32` length, `u32` reserved) followed by the frame, padded to
@@ -38,6 +39,7 @@ const OFF_CAP: usize = 8;
 const OFF_HEAD: usize = 64;
 const OFF_TAIL: usize = 128;
 const OFF_WANT_SPACE: usize = 136;
+const OFF_WANT_DATA: usize = 140;
 /// Offset of the data area.
 pub const DATA_OFFSET: usize = 256;
 const REC_HDR: u64 = 8;
@@ -231,6 +233,7 @@ pub fn create(capacity: usize) -> Result<(Consumer, RingFds), RingError> {
         .store(capacity as u64, Ordering::Relaxed);
     map.u64_at(OFF_HEAD).store(0, Ordering::Relaxed);
     map.u64_at(OFF_TAIL).store(0, Ordering::Relaxed);
+    map.u32_at(OFF_WANT_DATA).store(1, Ordering::Relaxed);
     map.u32_at(OFF_WANT_SPACE).store(0, Ordering::Release);
     let data = EventFd::new(EFD_NONBLOCK).map_err(|source| RingError::Sys {
         op: "eventfd",
@@ -357,9 +360,13 @@ impl Producer {
         Ok(true)
     }
 
-    /// Wake the consumer after one or more pushes.
+    /// Wake the consumer after one or more pushes, unless it is still draining (it clears
+    /// `want_data` while busy and sets it again before it sleeps on an empty ring).
     pub fn notify(&self) {
-        let _ = self.data.write(1);
+        fence(Ordering::SeqCst);
+        if self.map.u32_at(OFF_WANT_DATA).swap(0, Ordering::AcqRel) != 0 {
+            let _ = self.data.write(1);
+        }
     }
 
     /// Whether the ring has room for a frame of `len` bytes now.
@@ -400,9 +407,21 @@ impl Consumer {
         buf.clear();
         loop {
             let head = self.map.u64_at(OFF_HEAD).load(Ordering::Acquire);
-            let avail = head.wrapping_sub(self.tail);
+            let mut avail = head.wrapping_sub(self.tail);
             if avail == 0 {
-                return Ok(false);
+                // About to sleep: ask for the doorbell, then look once more in case the producer
+                // published before it could see the request.
+                self.map.u32_at(OFF_WANT_DATA).store(1, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                avail = self
+                    .map
+                    .u64_at(OFF_HEAD)
+                    .load(Ordering::Acquire)
+                    .wrapping_sub(self.tail);
+                if avail == 0 {
+                    return Ok(false);
+                }
+                self.map.u32_at(OFF_WANT_DATA).store(0, Ordering::Relaxed);
             }
             if avail > self.map.cap || avail < REC_HDR {
                 return Err(RingError::Corrupt("head out of range"));
@@ -444,9 +463,20 @@ impl Consumer {
         }
     }
 
-    /// After draining: wake the producer if it is waiting for space.
+    /// After draining: wake the producer if it is waiting for space, but only once at least
+    /// half the ring is free, so a full ring costs one wake-up per half ring rather than one
+    /// per drained batch. Every drain ends with a call, so the flag is never forgotten: either
+    /// this one signals or a later one (after more was consumed) does.
     pub fn release(&self) {
         fence(Ordering::SeqCst);
+        let used = self
+            .map
+            .u64_at(OFF_HEAD)
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.tail);
+        if used > self.map.cap / 2 && used <= self.map.cap {
+            return;
+        }
         if self.map.u32_at(OFF_WANT_SPACE).swap(0, Ordering::AcqRel) != 0 {
             let _ = self.space.write(1);
         }
@@ -486,6 +516,33 @@ mod tests {
     }
 
     #[test]
+    fn data_doorbell_only_when_the_consumer_found_the_ring_empty() {
+        let (mut c, fds) = create(4096).unwrap();
+        let mut p = Producer::attach(fds).unwrap();
+        assert!(p.push(&[&[1u8; 100]]).unwrap());
+        p.notify();
+        assert_eq!(
+            c.data_fd().read().unwrap(),
+            1,
+            "a fresh consumer waits for data"
+        );
+        let mut buf = Vec::new();
+        assert!(c.pop(&mut buf).unwrap());
+        assert!(p.push(&[&[2u8; 100]]).unwrap());
+        p.notify();
+        assert!(c.data_fd().read().is_err(), "a busy consumer is not woken");
+        assert!(c.pop(&mut buf).unwrap());
+        assert!(!c.pop(&mut buf).unwrap());
+        assert!(p.push(&[&[3u8; 100]]).unwrap());
+        p.notify();
+        assert_eq!(
+            c.data_fd().read().unwrap(),
+            1,
+            "woken after it found the ring empty"
+        );
+    }
+
+    #[test]
     fn full_ring_reports_false_and_signals_space() {
         let (mut c, fds) = create(4096).unwrap();
         let mut p = Producer::attach(fds).unwrap();
@@ -496,6 +553,14 @@ mod tests {
         assert!((6..=8).contains(&n), "{n} frames of 500 in 4096");
         let mut buf = Vec::new();
         assert!(c.pop(&mut buf).unwrap());
+        c.release();
+        assert!(
+            p.space_fd().read().is_err(),
+            "no doorbell while the ring is over half full"
+        );
+        for _ in 0..n / 2 {
+            assert!(c.pop(&mut buf).unwrap());
+        }
         c.release();
         assert_eq!(p.space_fd().read().unwrap(), 1, "space doorbell rung");
         assert!(p.push(&[&[1u8; 500]]).unwrap());

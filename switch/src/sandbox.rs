@@ -82,6 +82,10 @@ fn common() -> Vec<i64> {
         libc::SYS_sched_yield,
         libc::SYS_clock_gettime,
         libc::SYS_clock_nanosleep,
+        // The back-pressure stall timer (created before the child's filter, re-armed after).
+        libc::SYS_timerfd_create,
+        libc::SYS_timerfd_settime,
+        libc::SYS_timerfd_gettime,
         libc::SYS_nanosleep,
         libc::SYS_getrandom,
         libc::SYS_getpid,
