@@ -34,7 +34,10 @@ pub fn load_config(arg: &ConfigArg) -> Result<(Config, Source), ConfigError> {
                 "vmsilo: {} does not exist; using the bundled quick-start example",
                 config::SYSTEM_CONFIG
             ),
-            Source::File(path) => eprintln!("vmsilo: using {}", path.display()),
+            Source::File(path) if arg.config.is_none() => {
+                eprintln!("vmsilo: using {}", path.display())
+            }
+            Source::File(_) => {}
         }
     }
     loaded

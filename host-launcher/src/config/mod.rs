@@ -91,16 +91,94 @@ impl fmt::Display for IssueList<'_> {
     }
 }
 
+/// Largest configuration document accepted; real ones are a few KiB.
+pub const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
+
 /// Parse, default and validate a document given as text; `origin` names it in errors.
+///
+/// A leading byte-order mark is ignored, and a key given twice in one object is an error (JSON
+/// parsers disagree on which one wins, so neither may).
 pub fn from_json_str_named(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let doc: serde_json::Value =
-        serde_json::from_str(text).map_err(|source| ConfigError::Syntax {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc = serde::Deserialize::deserialize(&mut de)
+        .and_then(|StrictValue(doc)| de.end().map(|()| doc))
+        .map_err(|source| ConfigError::Syntax {
             origin: origin.to_owned(),
             line: source.line(),
             column: source.column(),
             source,
         })?;
     from_value(&doc, origin)
+}
+
+/// A JSON value that rejects duplicate object keys while it is parsed.
+struct StrictValue(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(items.into())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+            let StrictValue(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(out.into())
+    }
 }
 
 /// Parse, default and validate a document given as text.
@@ -110,6 +188,19 @@ pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
 
 /// Default and validate an already parsed document.
 pub fn from_value(doc: &serde_json::Value, origin: &str) -> Result<Config, ConfigError> {
+    if !doc.is_object() {
+        // Nothing else can be said about a document that isn't an object at all.
+        return Err(ConfigError::Invalid {
+            origin: origin.to_owned(),
+            issues: vec![Issue {
+                path: String::new(),
+                message: format!(
+                    "expected an attribute set (a JSON object) with \"user\" and \"nixosVms\", found {}",
+                    reader::kind(doc)
+                ),
+            }],
+        });
+    }
     let issues = reader::Issues::default();
     let config = read::config(&issues, doc);
     validate::config(&issues, &config);
@@ -124,11 +215,39 @@ pub fn from_value(doc: &serde_json::Value, origin: &str) -> Result<Config, Confi
     }
 }
 
-/// Load a document from a file.
+/// Load a document from a file: a regular file of at most [`MAX_DOCUMENT_BYTES`].
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_DOCUMENT_BYTES >> 20),
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        ))
     })?;
     from_json_str_named(&text, &path.display().to_string())
 }

@@ -217,7 +217,12 @@ fn string_at(issues: &Issues, path: &str, value: &Value) -> Option<(String, Stri
 
 fn vm(issues: &Issues, path: String, value: &Value) -> Vm {
     let o = Obj::new(issues, path, Some(value), VM_KEYS);
-    let id = match o.opt_uint("id", 0, u64::from(u32::MAX)) {
+    let id = match o.opt_uint_as(
+        "id",
+        0,
+        u64::from(u32::MAX),
+        "an odd whole number from 3 to 255",
+    ) {
         None if !o.has("id") => {
             issues.push(o.at("id"), "required: an odd number from 3 to 255");
             0

@@ -21,7 +21,12 @@ pub struct Issue {
 
 impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        let path = if self.path.is_empty() {
+            "(top level)"
+        } else {
+            &self.path
+        };
+        write!(f, "{path}: {}", self.message)
     }
 }
 
@@ -177,11 +182,27 @@ impl<'a> Obj<'a> {
             self.issues.push(self.at(key), format!("required: {what}"));
             return String::new();
         }
-        self.opt_string(key).unwrap_or_default()
+        let value = self.opt_string(key).unwrap_or_default();
+        if value.is_empty() && matches!(self.raw(key), Some(Value::String(_))) {
+            self.issues
+                .push(self.at(key), format!("must not be empty: {what}"));
+        }
+        value
     }
 
     /// An unsigned integer within `range`, else the default (or `None` when required and absent).
     pub(crate) fn opt_uint(&self, key: &str, min: u64, max: u64) -> Option<u64> {
+        self.opt_uint_as(
+            key,
+            min,
+            max,
+            &format!("a whole number from {min} to {max}"),
+        )
+    }
+
+    /// [`Self::opt_uint`] with the wording of what is expected given by the caller, for fields
+    /// whose real rule is narrower than the range read here (checked later).
+    pub(crate) fn opt_uint_as(&self, key: &str, min: u64, max: u64, expected: &str) -> Option<u64> {
         let value = self.raw(key)?;
         match value.as_u64() {
             Some(n) if (min..=max).contains(&n) => Some(n),
@@ -193,7 +214,13 @@ impl<'a> Obj<'a> {
                 None
             }
             None => {
-                self.wrong(key, &format!("a whole number from {min} to {max}"), value);
+                match value {
+                    // Say which number was wrong, not just that it was a number.
+                    Value::Number(n) => self
+                        .issues
+                        .push(self.at(key), format!("{n} is not {expected}")),
+                    other => self.wrong(key, expected, other),
+                }
                 None
             }
         }

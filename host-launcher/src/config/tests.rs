@@ -149,7 +149,7 @@ const CASES: &[Case] = &[
             d["nixosVms"][1]["id"] = json!("five");
         },
         "nixosVms[1].id",
-        "expected a whole number",
+        "expected an odd whole number from 3 to 255, found a string",
     ),
     (
         "duplicate id",
@@ -735,4 +735,65 @@ fn default_source_prefers_explicit_then_system_then_bundled() {
         load_or_default_from(Some(&missing), &system),
         Err(ConfigError::Read { .. })
     ));
+}
+
+#[test]
+fn duplicate_keys_are_rejected_with_their_position() {
+    let err =
+        from_json_str("{\"user\": \"david\",\n \"user\": \"eve\", \"userUid\": 1000}").unwrap_err();
+    match &err {
+        ConfigError::Syntax {
+            line: 2, source, ..
+        } => {
+            assert!(
+                source.to_string().contains("\"user\" appears twice"),
+                "{source}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let nested = r#"{"user":"u","userUid":1,"nixosVms":[{"id":3,"name":"a","id":5}]}"#;
+    assert!(matches!(
+        from_json_str(nested),
+        Err(ConfigError::Syntax { .. })
+    ));
+}
+
+#[test]
+fn a_byte_order_mark_is_ignored() {
+    let text = format!("\u{feff}{EXAMPLE_QUICKSTART}");
+    assert!(from_json_str(&text).is_ok());
+}
+
+#[test]
+fn the_document_must_be_an_object() {
+    for text in ["[]", "null", "3", "\"x\""] {
+        let err = from_json_str(text).unwrap_err();
+        let issues = err.issues();
+        assert_eq!(issues.len(), 1, "{text}: {issues:?}");
+        assert_eq!(issues[0].path, "");
+        assert!(
+            err.to_string()
+                .contains("(top level): expected an attribute set"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn only_regular_files_of_bounded_size_are_read() {
+    assert!(matches!(
+        load(std::path::Path::new("/dev/zero")),
+        Err(ConfigError::Read { .. })
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(load(dir.path()), Err(ConfigError::Read { .. })));
+    let big = dir.path().join("big.json");
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(MAX_DOCUMENT_BYTES + 1).unwrap();
+    let err = load(&big).unwrap_err();
+    assert!(
+        crate::error_chain(&err).contains("larger than 16 MiB"),
+        "{err}"
+    );
 }

@@ -54,7 +54,7 @@ fn user(issues: &Issues, config: &Config) {
             ),
         );
     }
-    if config.user_uid.is_none() {
+    if config.user_uid.is_none() && !issues.contains_path("userUid") {
         issues.push(
             "userUid",
             "required: the UID of `user`, which must be set explicitly (users.users.<name>.uid)",
@@ -223,6 +223,7 @@ fn interfaces(issues: &Issues, base: &str, vm: &Vm) {
                 }
             }
         }
+        host_addresses(issues, &at, &iface.addresses);
         gateways(
             issues,
             &at,
@@ -238,6 +239,28 @@ fn interfaces(issues: &Issues, base: &str, vm: &Vm) {
             &iface.v6_addresses,
             &iface.v6_routes,
             iface.dhcp,
+        );
+    }
+}
+
+/// An interface needs a host address: not its subnet's network or broadcast address.
+fn host_addresses(issues: &Issues, at: &str, addresses: &[crate::config::types::Cidr]) {
+    for (i, cidr) in addresses.iter().enumerate() {
+        let std::net::IpAddr::V4(addr) = cidr.addr else {
+            continue;
+        };
+        if cidr.prefix >= 31 {
+            continue; // point-to-point and host routes have no network/broadcast address
+        }
+        let host_bits = u32::MAX >> cidr.prefix;
+        let which = match u32::from(addr) & host_bits {
+            0 => "the network address",
+            bits if bits == host_bits => "the broadcast address",
+            _ => continue,
+        };
+        issues.push(
+            format!("{at}.addresses[{i}]"),
+            format!("{cidr} is {which} of its subnet; give the interface a host address in it"),
         );
     }
 }
