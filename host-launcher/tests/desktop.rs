@@ -235,8 +235,8 @@ fn libreoffice_writer_keeps_url_mimes_and_actions() {
     );
     assert!(svg.contains("stroke=\"#ff0000\""));
     assert!(
-        svg.contains("<g transform="),
-        "expected the scalable original inlined"
+        svg.contains("xlink:href=\"data:image/svg+xml;base64,"),
+        "expected the scalable original embedded"
     );
 }
 
@@ -366,7 +366,7 @@ fn icons_and_menu_folder() {
     assert!(svg.contains("stroke=\"#2ecc71\""));
     // htop: scalable SVG preferred over the pixmap PNG.
     let htop = std::fs::read_to_string(by_name("vmsilo-banking-htop.desktop").icon_file).unwrap();
-    assert!(htop.contains("<g transform=") && !htop.contains("data:image/png"));
+    assert!(htop.contains("data:image/svg+xml;base64,") && !htop.contains("data:image/png"));
     // Konsole names a theme icon the package doesn't ship: letter badge in the VM colour.
     let k = by_name("vmsilo-banking-org.kde.konsole.desktop");
     assert!(!k.icon_found);
@@ -516,11 +516,371 @@ fn hostile_packages_are_skipped_not_fatal() {
         text.contains("Exec=vm-run dmz -- evil \"\\\\$(rm -rf ~)\" \"\\\\`id\\\\`\" %u\n"),
         "{text}"
     );
-    assert!(text.contains("Name[de]=Bö\\nse [dmz]\n"), "{text}");
+    // An escaped newline can't push the VM tag onto a hidden second line.
+    assert!(text.contains("Name[de]=Bö se [dmz]\n"), "{text}");
+    assert!(text.contains("Comment=line1 line2\n"), "{text}");
     let validate = require("desktop-file-validate");
     let o = Command::new(validate)
         .arg(&report.generated[0].desktop_file)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+/// A package with one entry per given file name and contents; returns (pkg dir, apps dir).
+fn synthetic(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let pkgdir = tempfile::tempdir().unwrap();
+    let apps = pkgdir.path().join("share/applications");
+    std::fs::create_dir_all(&apps).unwrap();
+    for (name, text) in files {
+        std::fs::write(apps.join(name), text).unwrap();
+    }
+    (pkgdir, apps)
+}
+
+fn run_one(pkgdir: &Path) -> (desktop::Report, tempfile::TempDir) {
+    let vm = VmApps {
+        name: "dmz".into(),
+        color: "#ff00ff".into(),
+        packages: vec![pkgdir.into()],
+    };
+    let out = tempfile::tempdir().unwrap();
+    let report = desktop::generate(&[vm], &Options::default(), out.path()).unwrap();
+    (report, out)
+}
+
+fn assert_valid(file: &Path) {
+    let o = Command::new(require("desktop-file-validate"))
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && !text.contains("error:"),
+        "{}: {text}",
+        file.display()
+    );
+}
+
+#[test]
+fn control_and_bidi_characters_cannot_hide_the_vm_tag() {
+    let (pkgdir, _apps) = synthetic(&[(
+        "spoof.desktop",
+        "[Desktop Entry]\nType=Application\nName=Bank\\n\u{202E}evil\u{2066}x\u{2069}\u{200F}\n\
+         Name[fr]=Banque\\r\\t\u{202B}y\nGenericName=Web\\nBrowser\u{202D}\n\
+         Comment=a\u{2067}b\\nc\nKeywords=k\\n1\u{202A};k2;\nX-GNOME-FullName=Full\\nName\n\
+         Exec=spoof\nActions=A;\n\n[Desktop Action A]\nName=Act\\nion\u{202E}\nExec=spoof --a\n",
+    )]);
+    let (report, out) = run_one(pkgdir.path());
+    assert_eq!(report.generated.len(), 1, "{report:#?}");
+    let text = read(out.path(), "share/applications/vmsilo-dmz-spoof.desktop");
+    for bad in [
+        '\u{202A}', '\u{202B}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2069}',
+        '\u{200F}',
+    ] {
+        assert!(!text.contains(bad), "{bad:?} survived: {text}");
+    }
+    assert!(
+        !text.contains("\\n") && !text.contains("\\t") && !text.contains("\\r"),
+        "{text}"
+    );
+    assert!(text.contains("\nName=Bank evilx [dmz]\n"), "{text}");
+    assert!(text.contains("\nName[fr]=Banque  y [dmz]\n"), "{text}");
+    assert!(text.contains("\nGenericName=Web Browser\n"), "{text}");
+    assert!(text.contains("\nComment=ab c\n"), "{text}");
+    assert!(text.contains("\nKeywords=k 1;k2;dmz;\n"), "{text}");
+    assert!(
+        text.contains("\nX-GNOME-FullName=Full Name [dmz]\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nName=Act ion\n"), "{text}");
+    assert_eq!(
+        report.generated[0].source,
+        pkgdir.path().join("share/applications/spoof.desktop")
+    );
+    assert_valid(&report.generated[0].desktop_file);
+}
+
+#[test]
+fn nul_bytes_skip_the_entry() {
+    let (pkgdir, _apps) = synthetic(&[
+        (
+            "nul.desktop",
+            "[Desktop Entry]\nType=Application\nName=N\nExec=prog\0; rm -rf ~\n",
+        ),
+        (
+            "nulname.desktop",
+            "[Desktop Entry]\nType=Application\nName=A\0B\nExec=prog\n",
+        ),
+        (
+            "ok.desktop",
+            "[Desktop Entry]\nType=Application\nName=Ok\nExec=prog\n",
+        ),
+    ]);
+    let (report, out) = run_one(pkgdir.path());
+    assert_eq!(report.generated.len(), 1, "{report:#?}");
+    assert!(
+        out.path()
+            .join("share/applications/vmsilo-dmz-ok.desktop")
+            .is_file()
+    );
+    assert!(
+        !out.path()
+            .join("share/applications/vmsilo-dmz-nul.desktop")
+            .exists()
+    );
+    let reasons: Vec<_> = report.skipped.iter().map(|s| s.reason.as_str()).collect();
+    assert!(
+        reasons.contains(&"key \"Exec\" contains a NUL byte")
+            && reasons.contains(&"key \"Name\" contains a NUL byte"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn scheme_handlers_are_never_claimed_on_the_host() {
+    let (pkgdir, _apps) = synthetic(&[(
+        "browser.desktop",
+        "[Desktop Entry]\nType=Application\nName=Browser\nExec=browser %u\n\
+         MimeType=text/html;x-scheme-handler/https;X-Scheme-Handler/http;x-scheme-handler/mailto;image/png;\n",
+    )]);
+    let (report, out) = run_one(pkgdir.path());
+    assert_eq!(report.generated.len(), 1, "{report:#?}");
+    let text = read(out.path(), "share/applications/vmsilo-dmz-browser.desktop");
+    assert!(text.contains("\nMimeType=text/html;image/png;\n"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("scheme-handler"),
+        "{text}"
+    );
+    assert_valid(&report.generated[0].desktop_file);
+}
+
+#[test]
+fn symlinked_directories_add_no_duplicates_and_never_loop() {
+    let (pkgdir, apps) = synthetic(&[(
+        "app.desktop",
+        "[Desktop Entry]\nType=Application\nName=App\nExec=app\n",
+    )]);
+    let real = apps.join("sub");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(
+        real.join("tool.desktop"),
+        "[Desktop Entry]\nType=Application\nName=Tool\nExec=tool\n",
+    )
+    .unwrap();
+    // A cycle back to the top, a second name for `sub`, and a second name for a file.
+    std::os::unix::fs::symlink(&apps, apps.join("loop")).unwrap();
+    std::os::unix::fs::symlink(&apps, real.join("up")).unwrap();
+    std::os::unix::fs::symlink(&real, apps.join("alias")).unwrap();
+    std::os::unix::fs::symlink(apps.join("app.desktop"), apps.join("again.desktop")).unwrap();
+    // A link to a directory outside the tree (as Nix buildEnv makes) is still followed once.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("ext.desktop"),
+        "[Desktop Entry]\nType=Application\nName=Ext\nExec=ext\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(other.path(), apps.join("linked")).unwrap();
+    let (report, _out) = run_one(pkgdir.path());
+    let mut names: Vec<String> = report
+        .generated
+        .iter()
+        .map(|g| {
+            g.desktop_file
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "vmsilo-dmz-app.desktop",
+            "vmsilo-dmz-linked-ext.desktop",
+            "vmsilo-dmz-sub-tool.desktop",
+        ],
+        "{report:#?}"
+    );
+}
+
+#[test]
+fn exec_lines_beyond_the_vm_run_limits_are_skipped() {
+    let huge = format!(
+        "[Desktop Entry]\nType=Application\nName=Huge\nExec=prog{}\n",
+        " a".repeat(400_000)
+    );
+    let (pkgdir, _apps) = synthetic(&[
+        ("huge.desktop", &huge),
+        (
+            "ok.desktop",
+            "[Desktop Entry]\nType=Application\nName=Ok\nExec=prog\n",
+        ),
+    ]);
+    let (report, out) = run_one(pkgdir.path());
+    assert_eq!(report.generated.len(), 1, "{report:#?}");
+    assert!(
+        !out.path()
+            .join("share/applications/vmsilo-dmz-huge.desktop")
+            .exists()
+    );
+    let reason = &report
+        .skipped
+        .iter()
+        .find(|s| s.source.ends_with("huge.desktop"))
+        .unwrap()
+        .reason;
+    assert!(reason.contains("400001 arguments"), "{reason}");
+}
+
+/// Decode an 8-bit RGBA PNG (what rsvg-convert writes) to (width, height, pixels), through
+/// Python's zlib since the test has no PNG decoder of its own.
+fn decode_png(png: &Path) -> (usize, usize, Vec<u8>) {
+    const SCRIPT: &str = r#"
+import sys, zlib, struct
+d = open(sys.argv[1], 'rb').read()
+assert d[:8] == b'\x89PNG\r\n\x1a\n'
+i, idat = 8, b''
+while i < len(d):
+    n, = struct.unpack('>I', d[i:i+4]); t = d[i+4:i+8]; c = d[i+8:i+8+n]; i += 12 + n
+    if t == b'IHDR': w, h, bd, ct, _, _, il = struct.unpack('>IIBBBBB', c)
+    elif t == b'IDAT': idat += c
+assert bd == 8 and ct == 6 and il == 0, (bd, ct, il)
+raw = zlib.decompress(idat); stride = w * 4; out = bytearray(); prev = bytearray(stride); p = 0
+for y in range(h):
+    f = raw[p]; line = bytearray(raw[p+1:p+1+stride]); p += 1 + stride
+    for x in range(stride):
+        a = line[x-4] if x >= 4 else 0; b = prev[x]; c = prev[x-4] if x >= 4 else 0
+        if f == 1: line[x] = (line[x] + a) & 255
+        elif f == 2: line[x] = (line[x] + b) & 255
+        elif f == 3: line[x] = (line[x] + (a + b) // 2) & 255
+        elif f == 4:
+            pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+            line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+    out += line; prev = line
+sys.stdout.buffer.write(struct.pack('>II', w, h) + out)
+"#;
+    let o = Command::new(require("python3"))
+        .args(["-c", SCRIPT])
+        .arg(png)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w = u32::from_be_bytes(o.stdout[0..4].try_into().unwrap()) as usize;
+    let h = u32::from_be_bytes(o.stdout[4..8].try_into().unwrap()) as usize;
+    (w, h, o.stdout[8..].to_vec())
+}
+
+#[test]
+fn guest_svg_icons_cannot_paint_over_the_frame_or_carry_active_content() {
+    let rsvg = require("rsvg-convert");
+    let xmllint = require("xmllint");
+    let icons: &[(&str, &str)] = &[
+        (
+            "bigrect",
+            r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><rect x="-100" y="-100" width="1000" height="1000" fill="#ff0000"/></svg>"##,
+        ),
+        (
+            "breakout",
+            r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><g></g><rect width="128" height="128" fill="#00ff00"/><g><circle r="3" fill="#00ff00"/></g></svg>"##,
+        ),
+        (
+            "breakout2",
+            r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"></g><rect width="128" height="128" fill="#00ff00"/><g></svg>"##,
+        ),
+        (
+            "active",
+            r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10" onload="alert(1)"><script>alert(2)</script><foreignObject><p/></foreignObject><image href="https://evil.example/x.png" width="10" height="10"/></svg>"##,
+        ),
+        (
+            "outside",
+            r##"<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="0 0 10 10"><image xlink:href="file:///etc/passwd" width="10" height="10"/></svg>"##,
+        ),
+    ];
+    let pkgdir = tempfile::tempdir().unwrap();
+    let apps = pkgdir.path().join("share/applications");
+    let svgs = pkgdir.path().join("share/icons/hicolor/scalable/apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    std::fs::create_dir_all(&svgs).unwrap();
+    for (name, svg) in icons {
+        std::fs::write(svgs.join(format!("{name}.svg")), svg).unwrap();
+        std::fs::write(
+            apps.join(format!("{name}.desktop")),
+            format!("[Desktop Entry]\nType=Application\nName=Evil {name}\nExec=x\nIcon={name}\n"),
+        )
+        .unwrap();
+    }
+    let (report, out) = run_one(pkgdir.path());
+    assert_eq!(report.generated.len(), icons.len(), "{report:#?}");
+    let magenta = [255u8, 0, 255, 255];
+    for (name, _) in icons {
+        let icon = out.path().join(format!(
+            "share/icons/hicolor/scalable/apps/vmsilo-dmz-{name}.svg"
+        ));
+        let text = std::fs::read_to_string(&icon).unwrap();
+        let lint = Command::new(&xmllint)
+            .arg("--noout")
+            .arg(&icon)
+            .output()
+            .unwrap();
+        assert!(
+            lint.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&lint.stderr)
+        );
+        for gone in [
+            "script",
+            "onload",
+            "foreignObject",
+            "evil.example",
+            "passwd",
+            "#00ff00",
+            "#ff0000",
+        ] {
+            assert!(!text.contains(gone), "{name}: {gone} in {text}");
+        }
+        let png = out.path().join(format!("{name}.png"));
+        let o = Command::new(&rsvg)
+            .args(["-w", "128", "-h", "128", "-o"])
+            .arg(&png)
+            .arg(&icon)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (w, h, px) = decode_png(&png);
+        assert_eq!((w, h), (128, 128));
+        let at = |x: usize, y: usize| -> [u8; 4] { px[(y * w + x) * 4..][..4].try_into().unwrap() };
+        // The frame's stroke, mid-edge on all four sides, is the VM colour.
+        for (x, y) in [(64, 3), (64, 124), (3, 64), (124, 64)] {
+            assert_eq!(at(x, y), magenta, "{name}: frame at ({x},{y})");
+        }
+        // Outside the rounded frame stays transparent; between frame and picture is the tint.
+        assert_eq!(at(1, 1)[3], 0, "{name}: corner painted");
+        for (x, y) in [(14, 64), (64, 14), (113, 64), (64, 113)] {
+            let p = at(x, y);
+            assert!(
+                !((p[1] > 200 && p[0] < 100) || (p[0] > 200 && p[1] < 100 && p[2] < 100)),
+                "{name}: guest colour outside its box at ({x},{y}): {p:?}"
+            );
+        }
+        if *name == "bigrect" {
+            // The guest picture itself is still shown, inside its box.
+            let p = at(64, 64);
+            assert!(
+                p[0] > 200 && p[1] < 50 && p[2] < 50,
+                "{name}: picture missing: {p:?}"
+            );
+        }
+        if *name == "active" || *name == "outside" {
+            assert!(
+                text.contains(">E</text>"),
+                "{name}: letter badge expected: {text}"
+            );
+        }
+    }
 }

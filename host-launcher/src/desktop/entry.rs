@@ -21,6 +21,14 @@
 //!   `Terminal=false`.
 //! - `MimeType` is kept when the command takes URLs (`%u`/`%U`); when it took only files
 //!   (`%f`/`%F`, now removed) it is dropped, since the host can't hand the guest a file.
+//!   `x-scheme-handler/*` types are always dropped: one would let a guest package register a VM
+//!   program for a URL scheme on the host (`x-scheme-handler/https` makes every link clicked in
+//!   any host app a candidate for opening in that VM, and the only candidate when no host browser
+//!   claims it), which is the host's choice, never the guest's.
+//! - `Name`, `GenericName`, `Comment`, `Keywords`, `X-GNOME-FullName` and action names have
+//!   control characters (escaped newlines included) replaced by spaces and bidi controls
+//!   (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C) removed, so the VM tag appended to
+//!   the name can't be pushed out of sight or visually reordered.
 //! - `TryExec` is dropped: it names a guest binary, which the host would look up on the host
 //!   `PATH` (hiding the entry when the host lacks the program, or showing it when only the host
 //!   has it). The package list already says the program is in the guest.
@@ -138,12 +146,14 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
     kf.group("Desktop Entry")
         .set("Type", "Application")
         .set("Version", "1.4");
-    let host_name = format!("{name}{suffix}");
-    copy_localized(&mut kf, main, "Name", |v| format!("{v}{suffix}"));
-    copy_localized(&mut kf, main, "GenericName", str::to_owned);
-    copy_localized(&mut kf, main, "Comment", str::to_owned);
+    let host_name = format!("{}{suffix}", display_text(name));
+    copy_localized(&mut kf, main, "Name", |v| {
+        format!("{}{suffix}", display_text(v))
+    });
+    copy_localized(&mut kf, main, "GenericName", display_text);
+    copy_localized(&mut kf, main, "Comment", display_text);
     copy_localized(&mut kf, main, "X-GNOME-FullName", |v| {
-        format!("{v}{suffix}")
+        format!("{}{suffix}", display_text(v))
     });
     kf.set("Icon", ctx.icon_name);
     kf.set("Exec", &host_exec);
@@ -156,7 +166,10 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
     kf.set_list("Categories", &categories);
     copy_keywords(&mut kf, main, ctx.vm);
     if rewritten.takes_urls || !rewritten.dropped_files {
-        let mimes = list(main.entry("MimeType"));
+        let mimes: Vec<String> = list(main.entry("MimeType"))
+            .into_iter()
+            .filter(|m| !is_scheme_handler(m))
+            .collect();
         if !mimes.is_empty() {
             kf.set_list("MimeType", &mimes);
         }
@@ -209,7 +222,7 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
     }
     for (action, group, cmd) in action_groups {
         kf.group(&format!("Desktop Action {action}"));
-        copy_localized(&mut kf, group, "Name", str::to_owned);
+        copy_localized(&mut kf, group, "Name", display_text);
         if let Some(icon) = group
             .entry("Icon")
             .filter(|i| !i.is_empty() && !i.starts_with('/'))
@@ -223,6 +236,32 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
         name: host_name,
         original_icon: icon,
     })
+}
+
+/// Text shown to the user with every control character turned into a space and every bidi
+/// embedding, override, isolate and mark removed, so nothing in a guest-chosen string can move
+/// or hide the ` [<vm>]` tag that follows it (a newline would push it onto a second line that
+/// menus cut off; U+202E would render it reversed or before the name).
+pub fn display_text(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{061C}' => {}
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `x-scheme-handler/*` types claim a URL scheme for the whole host session (the host would
+/// open every `https:` link clicked anywhere in that VM), so a guest package never gets one.
+fn is_scheme_handler(mime: &str) -> bool {
+    mime.to_ascii_lowercase().starts_with("x-scheme-handler/")
 }
 
 fn is_valid_action_id(id: &str) -> bool {
@@ -272,7 +311,7 @@ fn copy_localized(kf: &mut KeyFile, group: &Group, key: &str, map: impl Fn(&str)
 
 fn copy_keywords(kf: &mut KeyFile, group: &Group, vm: &str) {
     let add_vm = |v: &str| {
-        let mut items = list(Some(v));
+        let mut items: Vec<String> = list(Some(&display_text(v)));
         if !items.iter().any(|i| i == vm) {
             items.push(vm.to_owned());
         }

@@ -98,6 +98,46 @@ pub enum ExecError {
     /// undefined.
     #[error("field code '%{0}' inside an argument that needs quoting")]
     CodeInQuotedText(char),
+    /// The guest command line can't fit one `vm-run` request (see [`check_limits`]).
+    #[error("{0}")]
+    TooBig(String),
+}
+
+/// Refuse a guest command line `vm-run` could never send: the command protocol carries at most
+/// [`vmsilo_protocol::MAX_LIST_LEN`] argv entries in one frame of at most
+/// [`vmsilo_protocol::MAX_FRAME_LEN`] bytes (each entry costs its length plus a 4-byte length
+/// prefix). A `%u`/`%U` argument counts as one entry of its literal text; URLs the launcher
+/// substitutes later are `vm-run`'s to check.
+pub fn check_limits(args: &[Arg]) -> Result<(), ExecError> {
+    use vmsilo_protocol::{MAX_FRAME_LEN, MAX_LIST_LEN};
+    if args.len() > MAX_LIST_LEN {
+        return Err(ExecError::TooBig(format!(
+            "{} arguments, more than the {MAX_LIST_LEN} vm-run can send",
+            args.len()
+        )));
+    }
+    // Frame tag, argv count, then each entry's length prefix and bytes.
+    let bytes: usize = 1
+        + 4
+        + args
+            .iter()
+            .map(|a| {
+                4 + a
+                    .pieces
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Lit(s) => s.len(),
+                        Piece::Code(_) => 0,
+                    })
+                    .sum::<usize>()
+            })
+            .sum::<usize>();
+    if bytes > MAX_FRAME_LEN {
+        return Err(ExecError::TooBig(format!(
+            "command line of {bytes} bytes, more than the {MAX_FRAME_LEN} a vm-run request holds"
+        )));
+    }
+    Ok(())
 }
 
 const KNOWN_CODES: &[char] = &[
@@ -239,6 +279,7 @@ pub fn rewrite(args: &[Arg], subs: &Substitutions) -> Result<Rewritten, ExecErro
     if first.as_literal().is_none() {
         return Err(ExecError::ProgramIsFieldCode);
     }
+    check_limits(&out)?;
     let takes_urls = out.iter().any(|a| a.has_code(&['u', 'U']));
     Ok(Rewritten {
         args: out,
@@ -473,6 +514,31 @@ mod tests {
             quote_arg(&arg).unwrap_err(),
             ExecError::CodeInQuotedText('u')
         );
+    }
+
+    #[test]
+    fn refuses_command_lines_vm_run_cannot_send() {
+        let many = format!("prog{}", " a".repeat(vmsilo_protocol::MAX_LIST_LEN));
+        let err = rewrite(&parse(&many).unwrap(), &subs()).unwrap_err();
+        assert!(
+            matches!(err, ExecError::TooBig(ref m) if m.contains("4097 arguments")),
+            "{err}"
+        );
+        let fits = format!("prog{}", " a".repeat(vmsilo_protocol::MAX_LIST_LEN - 1));
+        assert_eq!(
+            rewrite(&parse(&fits).unwrap(), &subs()).unwrap().args.len(),
+            4096
+        );
+        let long = format!("prog {}", "x".repeat(vmsilo_protocol::MAX_FRAME_LEN));
+        let err = rewrite(&parse(&long).unwrap(), &subs()).unwrap_err();
+        assert!(
+            matches!(err, ExecError::TooBig(ref m) if m.contains("bytes")),
+            "{err}"
+        );
+        // %c expanding a long Name counts too.
+        let mut s = subs();
+        s.name = "n".repeat(vmsilo_protocol::MAX_FRAME_LEN);
+        assert!(rewrite(&parse("prog %c").unwrap(), &s).is_err());
     }
 
     #[test]

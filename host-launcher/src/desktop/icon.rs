@@ -11,6 +11,26 @@
 //!
 //! XPM is not supported (no SVG renderer embeds it). When nothing is found the icon is a letter
 //! badge (the entry name's first character) in the frame, so the VM colour is always visible.
+//!
+//! The original is never pasted into our document as markup. PNGs and SVGs alike become an
+//! `<image>` whose `href` is a base64 `data:` URI, clipped to the inner box, and the VM frame is
+//! drawn *after* it, on top. Renderers treat an SVG referenced from `<image>` as a separate,
+//! static picture (no scripts, no events, no access to our document's ids or styles), so a guest
+//! icon can't paint over the frame, close our elements, or run anything, and malformed guest
+//! markup only makes its own picture fail to render. Before encoding, an SVG is also refused
+//! (letter badge instead) if it holds active content or references outside itself: `<script>`,
+//! `<foreignObject>`, `on…=` event attributes, `javascript:`, CSS `@import`, external entities,
+//! `href`s and `url()`s that aren't same-document `#…` or `data:image/png|jpeg` URIs, or any of
+//! those hidden behind character references. Its root gets an explicit `viewBox` and a 256-unit
+//! `width`/`height` so rasterising renderers draw it sharp.
+//!
+//! Display on the host: librsvg (`rsvg-convert`, GTK, and what our tests check) renders the
+//! nested SVG as vectors. KDE draws icons with QtSvg, which decodes `<image>` data URIs with
+//! `QImage::fromData`; SVG data is decoded there by the `qsvg` image-format plugin shipped with
+//! QtSvg (so it renders whenever KDE can show SVG icons at all), rasterised at the root's
+//! 256-unit size and scaled into the box. This path is by reading QtSvg's sources, not tested
+//! here (no Qt on the test machine); if a Qt build lacked the plugin, the picture would be
+//! blank but the VM frame would still show.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -39,7 +59,7 @@ pub struct IconSource {
 /// Formats we can embed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IconKind {
-    /// Scalable vector graphics, inlined.
+    /// Scalable vector graphics, embedded as a data URI.
     Svg,
     /// PNG, embedded as a data URI.
     Png,
@@ -243,7 +263,8 @@ fn shades(color: &str) -> Shades {
     }
 }
 
-/// Compose the host icon: a rounded frame in `color` around the original (or a letter badge).
+/// Compose the host icon: the original (or a letter badge) with a rounded frame in `color` drawn
+/// on top of it.
 pub fn compose_app_icon(source: Option<&IconSource>, color: &str, title: &str) -> String {
     let sh = shades(color);
     let inner = source.and_then(|s| match embed(s) {
@@ -253,24 +274,33 @@ pub fn compose_app_icon(source: Option<&IconSource>, color: &str, title: &str) -
             None
         }
     });
-    let (doctype, defs_ns, body) = match inner {
-        Some(e) => (e.doctype, e.namespaces, e.body),
-        None => (String::new(), String::new(), letter_badge(title, &sh)),
-    };
+    let body = inner.unwrap_or_else(|| letter_badge(title, &sh));
     let mut svg = String::new();
     svg.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    svg.push_str(&doctype);
     let _ = writeln!(
         svg,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" xmlns:xlink=\"http://www.w3.org/1999/xlink\"{defs_ns} \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" xmlns:xlink=\"http://www.w3.org/1999/xlink\" \
          version=\"1.1\" width=\"{CANVAS}\" height=\"{CANVAS}\" viewBox=\"0 0 {CANVAS} {CANVAS}\">"
     );
     let _ = writeln!(svg, "<title>{}</title>", xml_escape(title));
     let _ = writeln!(
         svg,
+        "<defs><clipPath id=\"vmsilo-inner\"><rect x=\"{INNER_OFFSET}\" y=\"{INNER_OFFSET}\" \
+         width=\"{INNER_SIZE}\" height=\"{INNER_SIZE}\"/></clipPath></defs>"
+    );
+    let _ = writeln!(
+        svg,
         "<rect x=\"5\" y=\"5\" width=\"118\" height=\"118\" rx=\"22\" ry=\"22\" fill=\"{}\" \
-         fill-opacity=\"0.35\" stroke=\"{}\" stroke-width=\"10\"/>",
-        sh.tint, sh.base
+         fill-opacity=\"0.35\"/>",
+        sh.tint
+    );
+    svg.push_str(&body);
+    // The frame comes last so nothing of the original can cover it.
+    let _ = writeln!(
+        svg,
+        "<rect x=\"5\" y=\"5\" width=\"118\" height=\"118\" rx=\"22\" ry=\"22\" fill=\"none\" \
+         stroke=\"{}\" stroke-width=\"10\"/>",
+        sh.base
     );
     let _ = writeln!(
         svg,
@@ -278,7 +308,6 @@ pub fn compose_app_icon(source: Option<&IconSource>, color: &str, title: &str) -
          stroke=\"{}\" stroke-width=\"1.5\" stroke-opacity=\"0.6\"/>",
         sh.dark
     );
-    svg.push_str(&body);
     svg.push_str("</svg>\n");
     svg
 }
@@ -320,75 +349,49 @@ fn letter_badge(title: &str, sh: &Shades) -> String {
     )
 }
 
-/// An original icon ready to place inside our SVG.
-struct Embedded {
-    /// The original's DOCTYPE if it declares entities the body uses.
-    doctype: String,
-    /// `xmlns:prefix="…"` declarations the body needs on our root.
-    namespaces: String,
-    /// Elements to insert.
-    body: String,
-}
-
-fn embed(source: &IconSource) -> Result<Embedded, String> {
+/// The original as an `<image>` element clipped to the inner box.
+fn embed(source: &IconSource) -> Result<String, String> {
     let meta = std::fs::metadata(&source.path).map_err(|e| e.to_string())?;
     if meta.len() > MAX_ICON_BYTES {
         return Err(format!("larger than {MAX_ICON_BYTES} bytes"));
     }
     let bytes = std::fs::read(&source.path).map_err(|e| e.to_string())?;
-    match source.kind {
+    let uri = match source.kind {
         IconKind::Png => {
             png_size(&bytes).ok_or("not a PNG file")?;
-            let uri = format!("data:image/png;base64,{}", base64(&bytes));
-            Ok(Embedded {
-                doctype: String::new(),
-                namespaces: String::new(),
-                body: format!(
-                    "<image x=\"{INNER_OFFSET}\" y=\"{INNER_OFFSET}\" width=\"{INNER_SIZE}\" \
-                     height=\"{INNER_SIZE}\" preserveAspectRatio=\"xMidYMid meet\" \
-                     xlink:href=\"{uri}\"/>\n"
-                ),
-            })
+            format!("data:image/png;base64,{}", base64(&bytes))
         }
         IconKind::Svg => {
             let text = String::from_utf8(bytes).map_err(|_| "SVG is not UTF-8")?;
-            inline_svg(&text)
+            let doc = standalone_svg(&text)?;
+            format!("data:image/svg+xml;base64,{}", base64(doc.as_bytes()))
         }
-    }
+    };
+    Ok(format!(
+        "<image x=\"{INNER_OFFSET}\" y=\"{INNER_OFFSET}\" width=\"{INNER_SIZE}\" \
+         height=\"{INNER_SIZE}\" preserveAspectRatio=\"xMidYMid meet\" \
+         clip-path=\"url(#vmsilo-inner)\" xlink:href=\"{uri}\"/>\n"
+    ))
 }
 
-/// Root attributes that describe the canvas or the document, not how children are painted.
-const CANVAS_ATTRS: &[&str] = &[
-    "width",
-    "height",
-    "viewBox",
-    "version",
-    "x",
-    "y",
-    "id",
-    "preserveAspectRatio",
-    "baseProfile",
-    "enable-background",
-    "xml:space",
-];
+/// Side, in user units, given to an embedded SVG's root so rasterising renderers draw it sharp.
+const EMBED_SIZE: f64 = 256.0;
 
-fn inline_svg(text: &str) -> Result<Embedded, String> {
-    let (prolog_end, doctype) = skip_prolog(text)?;
+/// The guest SVG as a document of its own for a data URI: refused if it holds active content or
+/// outside references ([`active_content`]); its root start tag rebuilt with an explicit
+/// `viewBox` and [`EMBED_SIZE`] width/height, everything else kept as it was.
+fn standalone_svg(text: &str) -> Result<String, String> {
+    if let Some(what) = active_content(text) {
+        return Err(format!("SVG holds {what}"));
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let (prolog_end, _) = skip_prolog(text)?;
     let rest = &text[prolog_end..];
     let tag_body = rest
         .strip_prefix("<svg")
         .ok_or("root element is not <svg>")?;
     let (attrs, consumed, self_closing) = parse_attrs(tag_body)?;
     let start_of_content = prolog_end + 4 + consumed;
-    let content = if self_closing {
-        ""
-    } else {
-        let end = text.rfind("</svg>").ok_or("no closing </svg>")?;
-        if end < start_of_content {
-            return Err("no closing </svg>".into());
-        }
-        &text[start_of_content..end]
-    };
     let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let (minx, miny, vw, vh) = if let Some(vb) = get("viewBox") {
         let nums: Vec<f64> = vb
@@ -406,34 +409,128 @@ fn inline_svg(text: &str) -> Result<Embedded, String> {
         let h = get("height").and_then(leading_number).unwrap_or(CANVAS);
         (0.0, 0.0, w, h)
     };
-    if !(vw.is_finite() && vh.is_finite() && vw > 0.0 && vh > 0.0) {
+    let finite = [minx, miny, vw, vh].iter().all(|v| v.is_finite());
+    if !(finite && vw > 0.0 && vh > 0.0) {
         return Err("icon has an empty canvas".into());
     }
-    let scale = INNER_SIZE / vw.max(vh);
-    let tx = INNER_OFFSET + (INNER_SIZE - vw * scale) / 2.0 - minx * scale;
-    let ty = INNER_OFFSET + (INNER_SIZE - vh * scale) / 2.0 - miny * scale;
-    let mut namespaces = String::new();
-    let mut paint = String::new();
+    if !self_closing && !text[start_of_content..].contains("</svg") {
+        return Err("no closing </svg>".into());
+    }
+    let scale = EMBED_SIZE / vw.max(vh);
+    let mut out = String::with_capacity(text.len() + 128);
+    let prolog = &text[..prolog_end];
+    if !prolog.trim_start().starts_with("<?xml") {
+        // QImage picks the SVG decoder by sniffing the first bytes for `<?xml` or `<svg`.
+        out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    }
+    out.push_str(prolog);
+    let _ = write!(
+        out,
+        "<svg viewBox=\"{} {} {} {}\" width=\"{}\" height=\"{}\"",
+        fmt_num(minx),
+        fmt_num(miny),
+        fmt_num(vw),
+        fmt_num(vh),
+        fmt_num(vw * scale),
+        fmt_num(vh * scale)
+    );
     for (name, value) in &attrs {
-        if let Some(prefix) = name.strip_prefix("xmlns:") {
-            if prefix != "xlink" {
-                let _ = write!(namespaces, " {name}=\"{}\"", xml_escape(value));
-            }
-        } else if name != "xmlns" && !name.contains(':') && !CANVAS_ATTRS.contains(&name.as_str()) {
-            let _ = write!(paint, " {name}=\"{}\"", xml_escape(value));
+        if !matches!(name.as_str(), "viewBox" | "width" | "height") {
+            let _ = write!(out, " {name}=\"{}\"", xml_escape(value));
         }
     }
-    let body = format!(
-        "<g transform=\"translate({}, {}) scale({})\"{paint}>\n{content}\n</g>\n",
-        fmt_num(tx),
-        fmt_num(ty),
-        fmt_num(scale)
-    );
-    Ok(Embedded {
-        doctype,
-        namespaces,
-        body,
-    })
+    if !attrs.iter().any(|(n, _)| n == "xmlns") {
+        out.push_str(" xmlns=\"http://www.w3.org/2000/svg\"");
+    }
+    out.push_str(if self_closing { "/>" } else { ">" });
+    out.push_str(&text[start_of_content..]);
+    Ok(out)
+}
+
+/// What in an SVG could run code or reach outside the file, if anything (see the module docs).
+/// Deliberately coarse: an icon that trips it only loses its picture to a letter badge.
+fn active_content(text: &str) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("&#") {
+        // Character references can spell out any of the below; icons have no need for them.
+        return Some("character references");
+    }
+    for (needle, what) in [
+        ("<script", "a <script>"),
+        ("foreignobject", "a <foreignObject>"),
+        ("javascript:", "a javascript: URI"),
+        ("@import", "a CSS @import"),
+        ("<!entity", "an entity declaration"),
+        ("xi:include", "an XInclude"),
+        ("<iframe", "an <iframe>"),
+        ("<embed", "an <embed>"),
+        ("<object", "an <object>"),
+        ("<handler", "a <handler>"),
+        ("<listener", "a <listener>"),
+    ] {
+        if needle == "<!entity" && lower.contains(needle) {
+            // Internal text entities (Illustrator's namespace shorthands) are harmless;
+            // SYSTEM/PUBLIC ones load files, and markup in an entity smuggles elements.
+            let decls = lower.split("<!entity").skip(1);
+            for d in decls {
+                let d = d.split('>').next().unwrap_or("");
+                if d.contains("system") || d.contains("public") || d.contains('<') {
+                    return Some("an external or markup entity");
+                }
+            }
+            continue;
+        }
+        if lower.contains(needle) {
+            return Some(what);
+        }
+    }
+    let b = lower.as_bytes();
+    // Event attributes: whitespace, `on` + letters, optional whitespace, `=`.
+    for (i, _) in lower.match_indices("on") {
+        if i == 0 || !b[i - 1].is_ascii_whitespace() {
+            continue;
+        }
+        let mut j = i + 2;
+        let letters = j;
+        while j < b.len() && b[j].is_ascii_alphabetic() {
+            j += 1;
+        }
+        if j == letters {
+            continue;
+        }
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if b.get(j) == Some(&b'=') {
+            return Some("an event attribute");
+        }
+    }
+    let local_ref = |v: &str| {
+        let v = v.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '"' || c == '\'');
+        v.starts_with('#')
+            || v.starts_with("data:image/png;")
+            || v.starts_with("data:image/jpeg;")
+            || v.starts_with("data:image/jpg;")
+    };
+    // href / xlink:href attribute values.
+    for (i, _) in lower.match_indices("href") {
+        let mut j = i + 4;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if b.get(j) != Some(&b'=') {
+            continue;
+        }
+        if !local_ref(&lower[j + 1..]) {
+            return Some("an external href");
+        }
+    }
+    for (i, _) in lower.match_indices("url(") {
+        if !local_ref(&lower[i + 4..]) {
+            return Some("an external url()");
+        }
+    }
+    None
 }
 
 fn fmt_num(v: f64) -> String {
@@ -580,32 +677,57 @@ mod tests {
     }
 
     #[test]
-    fn inlines_svg_with_viewbox_and_paint_attributes() {
+    fn standalone_svg_gets_a_sized_root_and_keeps_the_rest() {
         let svg = r#"<?xml version="1.0"?>
 <!-- c -->
 <svg xmlns="http://www.w3.org/2000/svg" xmlns:foo="urn:foo" viewBox="0 0 10 20" fill="none" foo:bar="1" width="10mm">
 <path d="M0 0"/></svg>"#;
-        let e = inline_svg(svg).unwrap();
-        assert_eq!(e.namespaces, " xmlns:foo=\"urn:foo\"");
-        assert!(
-            e.body
-                .starts_with("<g transform=\"translate(41, 18) scale(4.6)\" fill=\"none\">")
-        );
-        assert!(e.body.contains("<path d=\"M0 0\"/>"));
-    }
-
-    #[test]
-    fn keeps_entity_doctype() {
-        let svg = "<!DOCTYPE svg [<!ENTITY ns \"x\">]><svg width=\"4\" height=\"4\"><g/></svg>";
-        let e = inline_svg(svg).unwrap();
-        assert!(e.doctype.contains("<!ENTITY ns"));
+        let doc = standalone_svg(svg).unwrap();
+        assert!(doc.starts_with("<?xml version=\"1.0\"?>\n<!-- c -->\n<svg viewBox=\"0 0 10 20\" width=\"128\" height=\"256\" xmlns=\"http://www.w3.org/2000/svg\" xmlns:foo=\"urn:foo\" fill=\"none\" foo:bar=\"1\">"), "{doc}");
+        assert!(doc.ends_with("<path d=\"M0 0\"/></svg>"));
+        let bare = standalone_svg("<svg width=\"16\" height=\"16\"/>").unwrap();
+        assert!(bare.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg viewBox=\"0 0 16 16\" width=\"256\" height=\"256\" xmlns=\"http://www.w3.org/2000/svg\"/>"), "{bare}");
+        let ent = "<!DOCTYPE svg [<!ENTITY ns \"x\">]><svg width=\"4\" height=\"4\"><g/></svg>";
+        assert!(standalone_svg(ent).unwrap().contains("<!ENTITY ns"));
     }
 
     #[test]
     fn refuses_non_svg() {
-        assert!(inline_svg("<html></html>").is_err());
-        assert!(inline_svg("<svg viewBox=\"0 0 0 0\"></svg>").is_err());
-        assert!(inline_svg("<svg width=\"3\" ").is_err());
+        assert!(standalone_svg("<html></html>").is_err());
+        assert!(standalone_svg("<svg viewBox=\"0 0 0 0\"></svg>").is_err());
+        assert!(standalone_svg("<svg width=\"3\" ").is_err());
+        assert!(standalone_svg("<svg width=\"3\"><g>").is_err());
+    }
+
+    #[test]
+    fn refuses_active_content_and_outside_references() {
+        let ok = [
+            "<svg><use xlink:href=\"#a\"/><rect fill=\"url(#g)\"/></svg>",
+            "<svg><image href=\"data:image/png;base64,AAAA\"/><text>one = two</text></svg>",
+            "<!DOCTYPE svg [<!ENTITY ns_svg \"http://www.w3.org/2000/svg\">]><svg xmlns=\"&ns_svg;\"/>",
+        ];
+        for svg in ok {
+            assert_eq!(active_content(svg), None, "{svg}");
+        }
+        let bad = [
+            "<svg><script>alert(1)</script></svg>",
+            "<svg><SCRIPT/></svg>",
+            "<svg onload=\"alert(1)\"/>",
+            "<svg><rect\nonclick = \"x\"/></svg>",
+            "<svg><foreignObject><div/></foreignObject></svg>",
+            "<svg><image href=\"https://evil.example/x.png\"/></svg>",
+            "<svg><image xlink:href = '/etc/passwd'/></svg>",
+            "<svg><image href=\"data:image/svg+xml;base64,AAAA\"/></svg>",
+            "<svg><a href=\"javascript:alert(1)\"/></svg>",
+            "<svg><rect fill=\"url(https://evil.example/p)\"/></svg>",
+            "<svg><style>@import 'x.css';</style></svg>",
+            "<svg><image href=\"&#104;ttps://x\"/></svg>",
+            "<!DOCTYPE svg [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><svg>&x;</svg>",
+            "<!DOCTYPE svg [<!ENTITY x \"<script>1</script>\">]><svg>&x;</svg>",
+        ];
+        for svg in bad {
+            assert!(active_content(svg).is_some(), "{svg}");
+        }
     }
 
     #[test]

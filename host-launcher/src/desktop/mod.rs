@@ -166,36 +166,64 @@ fn sanitize_id(id: &str) -> String {
 }
 
 /// The desktop files of one package as (desktop file ID, path), sorted by ID.
+///
+/// Symlinks are followed (Nix packages are often trees of links into other store paths), but
+/// every directory and file is visited once by its canonical path, so a link back up the tree
+/// can't loop and a second link to the same directory or file can't add duplicate entries.
+/// Real directories and files are visited before links in the same directory, so the ID comes
+/// from the real name when both exist.
 fn package_entries(pkg: &Path) -> Vec<(String, PathBuf)> {
-    fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<(String, PathBuf)>) {
+    struct Walk {
+        seen: std::collections::HashSet<PathBuf>,
+        out: Vec<(String, PathBuf)>,
+    }
+    fn walk(dir: &Path, prefix: &str, depth: usize, w: &mut Walk) {
+        let Ok(canon) = std::fs::canonicalize(dir) else {
+            return;
+        };
+        if !w.seen.insert(canon) {
+            return;
+        }
         let Ok(rd) = std::fs::read_dir(dir) else {
             return;
         };
-        let mut ents: Vec<_> = rd.flatten().collect();
-        ents.sort_by_key(|e| e.file_name());
-        for ent in ents {
-            if out.len() >= MAX_ENTRIES_PER_PACKAGE {
+        let mut ents: Vec<_> = rd
+            .flatten()
+            .map(|e| (e.file_type().is_ok_and(|t| t.is_symlink()), e.file_name()))
+            .collect();
+        ents.sort();
+        for (_, name) in ents {
+            if w.out.len() >= MAX_ENTRIES_PER_PACKAGE {
                 return;
             }
-            let name = ent.file_name().to_string_lossy().into_owned();
-            let path = ent.path();
-            // Follow symlinks: Nix packages often link entries from elsewhere in the store.
+            let path = dir.join(&name);
+            let name = name.to_string_lossy().into_owned();
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
             if meta.is_dir() {
                 if depth > 0 {
-                    walk(&path, &format!("{prefix}{name}-"), depth - 1, out);
+                    walk(&path, &format!("{prefix}{name}-"), depth - 1, w);
                 }
             } else if let Some(stem) = name.strip_suffix(".desktop") {
-                out.push((format!("{prefix}{stem}"), path));
+                let Ok(canon) = std::fs::canonicalize(&path) else {
+                    continue;
+                };
+                if w.seen.insert(canon) {
+                    w.out.push((format!("{prefix}{stem}"), path));
+                } else {
+                    tracing::debug!(path = %path.display(), "same desktop file reached twice; ignored");
+                }
             }
         }
     }
-    let mut out = Vec::new();
-    walk(&pkg.join("share/applications"), "", 3, &mut out);
-    out.sort();
-    out
+    let mut w = Walk {
+        seen: std::collections::HashSet::new(),
+        out: Vec::new(),
+    };
+    walk(&pkg.join("share/applications"), "", 3, &mut w);
+    w.out.sort();
+    w.out
 }
 
 /// Generate the host desktop integration for `vms` into `out`.
@@ -234,6 +262,10 @@ pub fn generate(vms: &[VmApps], opts: &Options, out: &Path) -> Result<Report, De
                         continue;
                     }
                 };
+                if let Some(key) = nul_key(&text) {
+                    skip(format!("key {key:?} contains a NUL byte"), &mut report);
+                    continue;
+                }
                 let parsed = match DesktopEntry::from_str(&path, &text, None::<&[&str]>) {
                     Ok(p) => p,
                     Err(e) => {
@@ -303,6 +335,15 @@ fn read_bounded(path: &Path) -> Result<String, String> {
     }
     let bytes = std::fs::read(path).map_err(|e| format!("reading: {e}"))?;
     String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())
+}
+
+/// The key of the first line holding a NUL byte. The parser and key-file writer would drop
+/// the NUL silently, turning `Exec=prog\0; rm -rf ~` into a different command than the one
+/// a NUL-terminated reader of the original sees, so such a file is refused instead.
+fn nul_key(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.contains('\0'))?;
+    let key = line.split_once('=').map_or(line, |(k, _)| k);
+    Some(key.trim().replace('\0', "\\0"))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), DesktopError> {
