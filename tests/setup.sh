@@ -12,7 +12,7 @@ APT_PACKAGES=(
   # dpdk-testpmd: the reference vhost-user forwarder (tests and the vm-switch benchmark)
   dpdk-dev
   # desktop entries are checked with desktop-file-validate
-  desktop-file-utils libxml2-utils
+  desktop-file-utils libxml2-utils librsvg2-bin
   # the tray is tested on a private D-Bus
   dbus
   # smithay's test compositor links libxkbcommon
