@@ -22,7 +22,8 @@ use crate::supervisor::{Supervisor, SupervisorError, display_path};
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "vmsilo-wayland-context", version)]
 pub struct Args {
-    /// VM name; the app id becomes `org.vmsilo.<NAME>`.
+    /// VM name as in the vmsilo config (lowercase letter, then lowercase letters, digits or '-',
+    /// at most 12); the app id becomes `org.vmsilo.<NAME>`.
     #[arg(long, value_name = "NAME")]
     pub vm: VmName,
     /// The VM's colour, `#rrggbb`; sent as the instance id.

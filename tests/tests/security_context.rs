@@ -445,6 +445,12 @@ fn bad_arguments_are_rejected_with_the_offending_value() {
         ("banking", "#2ecc7g", "#2ecc7g"),
         ("bad name", "#2ecc71", "bad name"),
         ("../etc", "#2ecc71", "../etc"),
+        // vmsilo VM names: lowercase letter, then lowercase/digits/'-', <= 12, no trailing '-'.
+        ("Banking", "#2ecc71", "Banking"),
+        ("my_vm", "#2ecc71", "my_vm"),
+        ("2fast", "#2ecc71", "2fast"),
+        ("dev-", "#2ecc71", "dev-"),
+        ("abcdefghijklm", "#2ecc71", "abcdefghijklm"),
         ("", "#2ecc71", "--vm"),
     ];
     for (vm, color, needle) in cases {
