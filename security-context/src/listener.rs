@@ -114,6 +114,10 @@ pub struct Listener {
     path: PathBuf,
     /// Device and inode of the socket we bound, so drop never removes someone else's file.
     inode: (u64, u64),
+    /// An `O_PATH` handle on the socket file we bound. Holding it keeps that inode allocated even
+    /// if someone unlinks the path, so its number cannot be reused by a socket another instance
+    /// creates there later and drop's inode comparison stays exact.
+    _anchor: OwnedFd,
     /// Write end of the `close_fd` pipe; the compositor stops listening when it closes.
     close_fd: Option<OwnedFd>,
     session: Session,
@@ -138,13 +142,14 @@ impl Listener {
         let manager = session.bind_manager()?;
 
         let socket = bind_socket(path)?;
-        let inode = socket_inode(path).inspect_err(|_| {
+        let (anchor, inode) = anchor_socket(path).inspect_err(|_| {
             let _ = std::fs::remove_file(path);
         })?;
         // From here on a failure must not leave our socket behind.
         let mut listener = Self {
             path: path.to_owned(),
             inode,
+            _anchor: anchor,
             close_fd: None,
             session,
         };
@@ -278,6 +283,28 @@ fn probe_socket(path: &Path) -> Probe {
         Err(Errno::ENOENT) => Probe::Gone,
         Err(e) => Probe::Failed(e.into()),
     }
+}
+
+/// Open an `O_PATH` handle on the socket file just bound at `path`, and its device and inode.
+fn anchor_socket(path: &Path) -> Result<(OwnedFd, (u64, u64)), ListenerError> {
+    let err = |e: nix::Error| ListenerError::Bind {
+        path: path.to_owned(),
+        source: e.into(),
+    };
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(err)?;
+    let stat = nix::sys::stat::fstat(&fd).map_err(err)?;
+    if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+        // Replaced between bind and open: not ours.
+        return Err(ListenerError::PathOccupied {
+            path: path.to_owned(),
+        });
+    }
+    Ok((fd, (stat.st_dev, stat.st_ino)))
 }
 
 fn socket_inode(path: &Path) -> Result<(u64, u64), ListenerError> {
