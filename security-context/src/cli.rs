@@ -5,6 +5,11 @@
 //! committed (again after every compositor restart), removes PATH and exits 0 on SIGTERM/SIGINT,
 //! exits non-zero with a message on stderr when it cannot work at all (for example the compositor
 //! lacks the protocol).
+//!
+//! It never takes over a path that is in use: the listen path must not be the compositor socket
+//! (after resolving `--display`/`$WAYLAND_DISPLAY` under `$XDG_RUNTIME_DIR`, compared by inode),
+//! and an existing socket there is only replaced when nothing accepts on it any more, so a second
+//! instance for the same path exits 1 instead of stealing a live VM's listener.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -22,7 +27,8 @@ use crate::supervisor::{Supervisor, SupervisorError, display_path};
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "vmsilo-wayland-context", version)]
 pub struct Args {
-    /// VM name; the app id becomes `org.vmsilo.<NAME>`.
+    /// VM name as in the vmsilo config (lowercase letter, then lowercase letters, digits or '-',
+    /// at most 12); the app id becomes `org.vmsilo.<NAME>`.
     #[arg(long, value_name = "NAME")]
     pub vm: VmName,
     /// The VM's colour, `#rrggbb`; sent as the instance id.

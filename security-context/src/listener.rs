@@ -11,7 +11,7 @@
 //! queueing on a socket nobody will ever accept from.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,16 @@ pub enum ListenerError {
     /// Something other than a unix socket already sits at the listen path; we never delete it.
     #[error("listen path {path} exists and is not a unix socket; refusing to replace it")]
     PathOccupied {
+        /// The listen path.
+        path: PathBuf,
+    },
+    /// A socket at the listen path accepts connections: another listener (most likely another
+    /// instance serving some VM) owns it, and replacing it would hand its clients to this VM.
+    #[error(
+        "listen path {path} is a live socket (something accepts connections on it); refusing to \
+         replace it — is another vmsilo-wayland-context already serving it?"
+    )]
+    PathInUse {
         /// The listen path.
         path: PathBuf,
     },
@@ -104,6 +114,10 @@ pub struct Listener {
     path: PathBuf,
     /// Device and inode of the socket we bound, so drop never removes someone else's file.
     inode: (u64, u64),
+    /// An `O_PATH` handle on the socket file we bound. Holding it keeps that inode allocated even
+    /// if someone unlinks the path, so its number cannot be reused by a socket another instance
+    /// creates there later and drop's inode comparison stays exact.
+    _anchor: OwnedFd,
     /// Write end of the `close_fd` pipe; the compositor stops listening when it closes.
     close_fd: Option<OwnedFd>,
     session: Session,
@@ -112,8 +126,9 @@ pub struct Listener {
 impl Listener {
     /// Bind a socket at `path` and register it with the compositor on `conn` under `metadata`.
     ///
-    /// A stale unix socket at `path` (from a previous run or a previous compositor) is replaced;
-    /// any other kind of file is an error. Returns once the compositor has processed the commit,
+    /// A stale unix socket at `path` (from a previous run or a previous compositor: nothing accepts
+    /// on it any more) is replaced; a live socket ([`ListenerError::PathInUse`]) or any other kind
+    /// of file is an error. Returns once the compositor has processed the commit,
     /// so clients may connect as soon as this returns. While waiting, a readable `stop` aborts with
     /// [`ListenerError::Stopped`], so a hung compositor cannot block shutdown.
     pub fn create(
@@ -127,13 +142,14 @@ impl Listener {
         let manager = session.bind_manager()?;
 
         let socket = bind_socket(path)?;
-        let inode = socket_inode(path).inspect_err(|_| {
+        let (anchor, inode) = anchor_socket(path).inspect_err(|_| {
             let _ = std::fs::remove_file(path);
         })?;
         // From here on a failure must not leave our socket behind.
         let mut listener = Self {
             path: path.to_owned(),
             inode,
+            _anchor: anchor,
             close_fd: None,
             session,
         };
@@ -196,17 +212,29 @@ impl Drop for Listener {
     }
 }
 
-/// Remove a stale socket at `path` and bind a fresh one.
+/// Remove a stale socket at `path` and bind a fresh one; never replace a live one.
 fn bind_socket(path: &Path) -> Result<UnixListener, ListenerError> {
     let bind_err = |source| ListenerError::Bind {
         path: path.to_owned(),
         source,
     };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            debug!(path = %path.display(), "replacing stale socket");
-            std::fs::remove_file(path).map_err(bind_err)?;
-        }
+        Ok(meta) if meta.file_type().is_socket() => match probe_socket(path) {
+            Probe::Live => {
+                return Err(ListenerError::PathInUse {
+                    path: path.to_owned(),
+                });
+            }
+            Probe::Gone => {}
+            Probe::Stale => {
+                debug!(path = %path.display(), "replacing stale socket");
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(bind_err(e)),
+                    _ => {}
+                }
+            }
+            Probe::Failed(e) => return Err(bind_err(e)),
+        },
         Ok(_) => {
             return Err(ListenerError::PathOccupied {
                 path: path.to_owned(),
@@ -216,6 +244,67 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ListenerError> {
         Err(e) => return Err(bind_err(e)),
     }
     UnixListener::bind(path).map_err(bind_err)
+}
+
+/// What a connection attempt says about the socket file at a path.
+#[derive(Debug)]
+enum Probe {
+    /// Something listens on it (the connection was accepted, is pending, or the backlog is full).
+    Live,
+    /// Nobody listens on it: safe to replace.
+    Stale,
+    /// The file vanished meanwhile.
+    Gone,
+    /// We cannot tell (for example no permission); leave it alone.
+    Failed(io::Error),
+}
+
+/// Connect to the socket at `path` without blocking, so a listener that never accepts (or has a
+/// full backlog) cannot hang us; the connection is closed again at once.
+fn probe_socket(path: &Path) -> Probe {
+    use nix::errno::Errno;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    let addr = match UnixAddr::new(path) {
+        Ok(addr) => addr,
+        Err(e) => return Probe::Failed(e.into()),
+    };
+    let fd = match socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return Probe::Failed(e.into()),
+    };
+    match connect(fd.as_raw_fd(), &addr) {
+        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => Probe::Live,
+        Err(Errno::ECONNREFUSED) => Probe::Stale,
+        Err(Errno::ENOENT) => Probe::Gone,
+        Err(e) => Probe::Failed(e.into()),
+    }
+}
+
+/// Open an `O_PATH` handle on the socket file just bound at `path`, and its device and inode.
+fn anchor_socket(path: &Path) -> Result<(OwnedFd, (u64, u64)), ListenerError> {
+    let err = |e: nix::Error| ListenerError::Bind {
+        path: path.to_owned(),
+        source: e.into(),
+    };
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(err)?;
+    let stat = nix::sys::stat::fstat(&fd).map_err(err)?;
+    if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+        // Replaced between bind and open: not ours.
+        return Err(ListenerError::PathOccupied {
+            path: path.to_owned(),
+        });
+    }
+    Ok((fd, (stat.st_dev, stat.st_ino)))
 }
 
 fn socket_inode(path: &Path) -> Result<(u64, u64), ListenerError> {

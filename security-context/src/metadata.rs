@@ -9,16 +9,17 @@ use std::str::FromStr;
 /// Sandbox engine name every vmsilo context carries; the KWin patch keys its policy on it.
 pub const SANDBOX_ENGINE: &str = "org.vmsilo";
 
-/// Longest VM name accepted; keeps app ids and socket paths well inside their limits.
-pub const MAX_VM_NAME_LEN: usize = 64;
+/// Longest VM name accepted: the same limit as `vmsilo::config::VM_NAME_MAX`, because the name
+/// also ends up in TAP interface names (15 bytes at most).
+pub const MAX_VM_NAME_LEN: usize = 12;
 
 /// Why a VM name or colour was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
-    /// The VM name is empty, too long, or uses characters unsafe in app ids and paths.
+    /// The name is not one the vmsilo config accepts, so no VM (and no app id) can carry it.
     #[error(
-        "invalid VM name {name:?}: use 1 to {MAX_VM_NAME_LEN} ASCII letters, digits, '-' or '_', \
-         starting with a letter or digit"
+        "invalid VM name {name:?}: use a lowercase letter then lowercase letters, digits or '-', \
+         at most {MAX_VM_NAME_LEN} characters, not ending in '-'"
     )]
     VmName {
         /// The rejected name.
@@ -32,7 +33,8 @@ pub enum MetadataError {
     },
 }
 
-/// A VM name that is safe inside an app id (`org.vmsilo.<vm>`) and a file name.
+/// A VM name as the vmsilo config defines it, so the app id `org.vmsilo.<vm>` we send is exactly
+/// the one the rest of vmsilo (desktop files, the KWin patch) derives from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmName(String);
 
@@ -47,14 +49,7 @@ impl FromStr for VmName {
     type Err = MetadataError;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        let starts_ok = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-        let chars_ok = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if starts_ok && chars_ok && name.len() <= MAX_VM_NAME_LEN {
+        if is_vm_name(name) {
             Ok(Self(name.to_owned()))
         } else {
             Err(MetadataError::VmName {
@@ -62,6 +57,22 @@ impl FromStr for VmName {
             })
         }
     }
+}
+
+/// Whether `name` is a valid vmsilo VM name.
+///
+/// This mirrors `vmsilo::config::is_vm_name` (host-launcher/src/config/validate.rs) on purpose
+/// instead of depending on the `vmsilo` crate, which would pull the whole host launcher into this
+/// small per-user binary. Keep the two in step: a name one accepts and the other refuses would give
+/// a VM's windows an app id no desktop file or policy matches.
+pub fn is_vm_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_VM_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-')
 }
 
 impl fmt::Display for VmName {
@@ -152,7 +163,8 @@ mod tests {
             "banking",
             "a",
             "dev-2",
-            "My_VM",
+            "a-b-c",
+            "x1",
             &"x".repeat(MAX_VM_NAME_LEN),
         ] {
             assert_eq!(ok.parse::<VmName>().unwrap().as_str(), ok);
@@ -161,6 +173,11 @@ mod tests {
             "",
             "-lead",
             "_lead",
+            "1abc",
+            "My_VM",
+            "Banking",
+            "dev_2",
+            "trail-",
             "has space",
             "dot.ted",
             "sl/ash",

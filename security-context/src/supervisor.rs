@@ -32,6 +32,18 @@ pub enum SupervisorError {
         /// The display name that needed resolving.
         display: String,
     },
+    /// The listen path is the compositor's own socket: binding there would unlink the desktop's
+    /// display socket and give every new host client the VM's restricted context.
+    #[error(
+        "listen path {listen} is the compositor socket {display}; refusing to replace the display \
+         socket with a VM listener"
+    )]
+    ListenIsDisplay {
+        /// The listen path as given.
+        listen: PathBuf,
+        /// The resolved compositor socket.
+        display: PathBuf,
+    },
     /// Creating the listener failed in a way retrying cannot fix.
     #[error("cannot create the security-context listener on {display}")]
     Listener {
@@ -71,6 +83,29 @@ pub fn display_path(
         None => Err(SupervisorError::NoRuntimeDir {
             display: name.to_string_lossy().into_owned(),
         }),
+    }
+}
+
+/// Whether `a` and `b` name the same file: the same device and inode if both exist (catching hard
+/// links and symlinks), else the same path once `.`/`..` and symlinks in the directories are
+/// resolved.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return (ma.dev(), ma.ino()) == (mb.dev(), mb.ino());
+    }
+    normalise(a) == normalise(b)
+}
+
+/// `path` made absolute with its directory canonicalised where it exists; lexical otherwise.
+fn normalise(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .unwrap_or_else(|_| dir.to_owned())
+            .join(name),
+        _ => absolute,
     }
 }
 
@@ -136,6 +171,8 @@ impl Supervisor {
         let mut failing = false;
         let mut missing_since: Option<Instant> = None;
         loop {
+            // Checked before every attempt: the display socket may only appear later.
+            self.check_listen_is_not_display()?;
             match self.attempt(stop, &mut missing_since) {
                 Attempt::Ready(mut listener) => {
                     if std::mem::take(&mut failing) {
@@ -195,6 +232,17 @@ impl Supervisor {
                 }
             }
             Err(e) => Attempt::Fatal(e),
+        }
+    }
+
+    fn check_listen_is_not_display(&self) -> Result<(), SupervisorError> {
+        if same_file(&self.listen, &self.display) {
+            Err(SupervisorError::ListenIsDisplay {
+                listen: self.listen.clone(),
+                display: self.display.clone(),
+            })
+        } else {
+            Ok(())
         }
     }
 
@@ -292,6 +340,32 @@ mod tests {
             display_path(None, os("wayland-9"), os("")),
             Err(SupervisorError::NoRuntimeDir { display }) if display == "wayland-9"
         ));
+    }
+
+    #[test]
+    fn same_file_sees_through_spelling_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("wayland-1");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("link")).unwrap();
+        std::fs::hard_link(&sock, dir.path().join("hard")).unwrap();
+        for same in [
+            sock.clone(),
+            sub.join("../wayland-1"),
+            dir.path().join("./wayland-1"),
+            dir.path().join("link/wayland-1"),
+            dir.path().join("hard"),
+        ] {
+            assert!(same_file(&same, &sock), "{}", same.display());
+        }
+        assert!(!same_file(&sub.join("wayland-1"), &sock));
+        // Neither exists yet: compared by resolved path.
+        let absent = dir.path().join("wayland-9");
+        assert!(same_file(&sub.join("../wayland-9"), &absent));
+        assert!(same_file(&dir.path().join("link/wayland-9"), &absent));
+        assert!(!same_file(&sub.join("wayland-9"), &absent));
     }
 
     #[test]

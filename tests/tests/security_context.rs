@@ -445,6 +445,12 @@ fn bad_arguments_are_rejected_with_the_offending_value() {
         ("banking", "#2ecc7g", "#2ecc7g"),
         ("bad name", "#2ecc71", "bad name"),
         ("../etc", "#2ecc71", "../etc"),
+        // vmsilo VM names: lowercase letter, then lowercase/digits/'-', <= 12, no trailing '-'.
+        ("Banking", "#2ecc71", "Banking"),
+        ("my_vm", "#2ecc71", "my_vm"),
+        ("2fast", "#2ecc71", "2fast"),
+        ("dev-", "#2ecc71", "dev-"),
+        ("abcdefghijklm", "#2ecc71", "abcdefghijklm"),
         ("", "#2ecc71", "--vm"),
     ];
     for (vm, color, needle) in cases {
@@ -578,4 +584,132 @@ fn library_supervisor_recreates_and_stops_on_its_stop_fd() {
     nix::unistd::write(&stop_write, b"x").unwrap();
     runner.join().unwrap().unwrap();
     assert!(!s.listen.exists());
+}
+
+/// The compositor socket is still the compositor's: a normal client gets the manager global.
+fn assert_display_intact(display: &Path) {
+    let (_conn, globals) = connect_and_list(display);
+    assert!(globals.iter().any(|g| g == MANAGER), "{globals:?}");
+}
+
+/// Environment variables for a spawned process.
+type Env<'a> = Vec<(&'a str, &'a Path)>;
+
+#[test]
+fn listen_path_equal_to_the_display_socket_is_refused() {
+    let s = setup();
+    let compositor = TestCompositor::start(&s.display, true).unwrap();
+    let runtime_dir = s.display.parent().unwrap().to_owned();
+    let name = s.display.file_name().unwrap().to_str().unwrap().to_owned();
+    let link = runtime_dir.join("run/link");
+    std::os::unix::fs::symlink(&runtime_dir, &link).unwrap();
+    let spellings = [
+        s.display.clone(),
+        runtime_dir.join("run/banking/../../").join(&name),
+        link.join(&name),
+    ];
+    for listen in &spellings {
+        let listen_arg = listen.to_str().unwrap();
+        // Explicit --display path, a --display name and $WAYLAND_DISPLAY resolved under
+        // $XDG_RUNTIME_DIR all name the same socket.
+        let runs: [(Vec<&str>, Env<'_>); 3] = [
+            (vec!["--display", s.display.to_str().unwrap()], vec![]),
+            (
+                vec!["--display", &name],
+                vec![("XDG_RUNTIME_DIR", &runtime_dir)],
+            ),
+            (
+                vec![],
+                vec![
+                    ("XDG_RUNTIME_DIR", &runtime_dir),
+                    ("WAYLAND_DISPLAY", Path::new(&name)),
+                ],
+            ),
+        ];
+        for (extra, env) in runs {
+            let mut args = vec!["--vm", "x", "--color", "#123456", "--listen", listen_arg];
+            args.extend(extra);
+            let mut proc = ContextProcess::spawn(&args, &env);
+            let status = proc.wait_exit();
+            assert_eq!(status.code(), Some(1), "{args:?}: {}", proc.stderr());
+            let stderr = proc.stderr();
+            assert!(stderr.contains("is the compositor socket"), "{stderr}");
+            assert!(stderr.contains(listen_arg), "{stderr}");
+            assert!(proc.lines.try_recv().is_err(), "READY printed: {args:?}");
+            assert_display_intact(&s.display);
+        }
+    }
+    assert!(compositor.snapshot().contexts.is_empty());
+
+    // Before the compositor is up the paths are compared by name; nothing is created.
+    compositor.stop().unwrap();
+    if s.display.exists() {
+        std::fs::remove_file(&s.display).unwrap();
+    }
+    let mut proc = ContextProcess::for_vm("x", "#123456", &spellings[1], &s.display);
+    assert_eq!(proc.wait_exit().code(), Some(1), "{}", proc.stderr());
+    assert!(proc.stderr().contains("is the compositor socket"));
+    assert!(!s.display.exists());
+}
+
+#[test]
+fn second_instance_on_a_live_listen_path_is_refused_and_changes_nothing() {
+    let s = setup();
+    let compositor = TestCompositor::start(&s.display, true).unwrap();
+    let mut first = ContextProcess::for_vm("banking", "#2ecc71", &s.listen, &s.display);
+    first.expect_line("READY");
+
+    let mut second = ContextProcess::for_vm("work", "#e74c3c", &s.listen, &s.display);
+    let status = second.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", second.stderr());
+    let stderr = second.stderr();
+    assert!(stderr.contains("is a live socket"), "{stderr}");
+    assert!(
+        stderr.contains(s.listen.to_str().unwrap()),
+        "path not named: {stderr}"
+    );
+    assert!(second.lines.try_recv().is_err(), "second printed READY");
+
+    // The first VM's listener is untouched: new clients still get the first VM's colour (the
+    // second instance's probe connection shows up there too, already closed).
+    assert!(s.listen.exists(), "second instance removed the socket");
+    let (_client, _) = connect_and_list(&s.listen);
+    let snap = compositor.snapshot();
+    assert_eq!(snap.contexts.len(), 1, "{snap:?}");
+    assert_eq!(snap.contexts[0].info, expected("banking", "#2ecc71"));
+    assert!(snap.contexts[0].listening);
+    assert_eq!(
+        snap.clients_of(0).filter(|c| c.connected).count(),
+        1,
+        "{snap:?}"
+    );
+
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit().code(), Some(0), "{}", first.stderr());
+    assert!(!s.listen.exists());
+}
+
+#[test]
+fn exit_leaves_a_socket_that_replaced_ours_alone() {
+    let s = setup();
+    let compositor = TestCompositor::start(&s.display, true).unwrap();
+    let mut first = ContextProcess::for_vm("banking", "#2ecc71", &s.listen, &s.display);
+    first.expect_line("READY");
+    // Someone removes our socket and another instance takes the path over.
+    std::fs::remove_file(&s.listen).unwrap();
+    let _second = {
+        let second = ContextProcess::for_vm("work", "#e74c3c", &s.listen, &s.display);
+        second.expect_line("READY");
+        second
+    };
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit().code(), Some(0), "{}", first.stderr());
+    assert!(
+        s.listen.exists(),
+        "first instance removed the second's socket"
+    );
+    connect_and_list(&s.listen);
+    let snap = compositor.snapshot();
+    assert_eq!(snap.contexts[1].info, expected("work", "#e74c3c"));
+    assert_eq!(snap.clients_of(1).count(), 1, "{snap:?}");
 }
