@@ -162,12 +162,57 @@ fn vm_start_and_stop_report_bus_and_name_errors() {
         err.contains("cannot start vmsilo-net-vm.service: cannot connect to the system D-Bus"),
         "{err}"
     );
+    // Each cause is printed once, even where zbus repeats its source in its own message.
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     let out = run(VM_STOP, "work");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cannot stop vmsilo-work-vm.service: cannot connect to the system D-Bus"),
         "{err}"
     );
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    // vm-stop checks the configuration like vm-start, before asking systemd.
+    let out = run(VM_STOP, "nosuch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("no VM named \"nosuch\""), "{err}");
+}
+
+#[test]
+fn tools_reject_names_that_are_not_vm_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let vm_run = env!("CARGO_BIN_EXE_vm-run");
+    for bin in [VM_START, VM_STOP, VM_SHELL, vm_run] {
+        for bad in ["../../etc", "Work", "a/b", "", "-x", "toolongvmname"] {
+            let mut cmd = Command::new(bin);
+            cmd.env("VMSILO_CONFIG", &cfg)
+                .env("VMSILO_RUN_DIR", dir.path())
+                .args(["--", bad]);
+            if bin == vm_run {
+                cmd.arg("true");
+            }
+            let out = cmd.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{bin} {bad:?}: {err}");
+            assert!(err.contains("is not a VM name"), "{bin} {bad:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn console_error_comes_before_any_connected_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(VM_SHELL)
+        .arg("--run-dir")
+        .arg(dir.path())
+        .arg("nosuch")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot open the serial console"), "{err}");
+    assert!(!err.contains("connected"), "{err}");
 }
 
 #[test]
