@@ -245,3 +245,59 @@ fn generated_bash_completion_completes_vm_names_from_the_config() {
     );
     assert_eq!(lines[1], "work", "{text}");
 }
+
+/// A pipe whose reader is already gone: every write to it fails with EPIPE.
+fn closed_pipe() -> Stdio {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    Stdio::from(w)
+}
+
+fn quickstart() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/examples/quickstart.json")
+}
+
+#[test]
+fn plan_into_a_closed_pipe_exits_quietly() {
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmsilo"));
+        cmd.arg("plan").arg(quickstart());
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "json={json}: {err}");
+        assert!(!err.contains("Broken pipe"), "json={json}: {err}");
+    }
+}
+
+#[test]
+fn vm_start_debug_survives_a_closed_stderr_and_has_its_own_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-start-debug"))
+        .env("VMSILO_CONFIG", quickstart())
+        .arg("--root")
+        .arg(dir.path())
+        .args(["--crosvm", "/nonexistent/crosvm", "banking"])
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .status()
+        .unwrap();
+    // It fails (no crosvm) but reports that by exit code, not with a panic (101).
+    assert_eq!(out.code(), Some(1));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-start-debug"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("Usage: vm-start-debug"), "{help}");
+    assert!(!help.contains("vmsilo vm run"), "{help}");
+    assert!(!help.contains("--foreground"), "{help}");
+}
