@@ -733,7 +733,12 @@ fn vm_run_ends_on_sigint_sigterm_sighup_before_the_program_starts() {
                 std::thread::sleep(Duration::from_millis(20));
             };
             let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             assert_eq!(status.code(), Some(128 + sig as i32), "{vm} {sig}: {err}");
             assert!(
                 err.contains(&format!("interrupted by {sig} before the program started")),

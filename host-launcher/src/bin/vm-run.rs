@@ -19,7 +19,11 @@ fn main() {
     let code = match run_cli(&a.run_dir.run_dir, &req) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "vm-run: {}", vmsilo::tools_cli::error_text(&e));
+            let _ = writeln!(
+                std::io::stderr(),
+                "vm-run: {}",
+                vmsilo::tools_cli::error_text(&e)
+            );
             // Like ssh: 255 means vm-run itself failed, not the guest program; 2 means the
             // command line can never work (bad VM name, request over the protocol limits).
             e.exit_code()

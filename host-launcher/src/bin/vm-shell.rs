@@ -9,7 +9,11 @@ fn main() {
     match vmsilo::shell::vm_shell(&args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "vm-shell: {}", vmsilo::tools_cli::error_text(&e));
+            let _ = writeln!(
+                std::io::stderr(),
+                "vm-shell: {}",
+                vmsilo::tools_cli::error_text(&e)
+            );
             std::process::exit(1);
         }
     }
