@@ -254,6 +254,38 @@ mod tests {
     }
 
     #[test]
+    fn error_text_prints_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] Repeats);
+        /// Like zbus: its message already ends with its source's text.
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect failed: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let e = Outer(Repeats(std::io::Error::from_raw_os_error(2)));
+        let text = error_text(&e);
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(text.starts_with("outer: connect failed: "), "{text}");
+        assert_eq!(crate::error_chain(&e).matches("os error 2").count(), 2);
+    }
+
+    #[test]
+    fn vm_names_are_checked_by_every_tool() {
+        for bad in ["../../etc", "A", "x/y", ""] {
+            assert!(VmRunArgs::try_parse_from(["vm-run", bad, "true"]).is_err());
+            assert!(VmStartArgs::try_parse_from(["vm-start", bad]).is_err());
+            assert!(VmStopArgs::try_parse_from(["vm-stop", bad]).is_err());
+            assert!(VmShellArgs::try_parse_from(["vm-shell", bad]).is_err());
+        }
+        assert_eq!(
+            VmStopArgs::try_parse_from(["vm-stop", "work-2"])
+                .unwrap()
+                .vm,
+            "work-2"
+        );
+    }
+
+    #[test]
     fn vm_run_keeps_the_guest_command_verbatim() {
         let a = VmRunArgs::try_parse_from([
             "vm-run", "-t", "-e", "A=b=c", "banking", "ls", "-la", "--tty",

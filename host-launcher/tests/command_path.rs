@@ -648,6 +648,7 @@ fn proxy_and_vm_start_stop_drive_systemd_over_dbus() {
             && err.contains("Unit vmsilo-dead-vm.service not found"),
         "{err}"
     );
+    assert_eq!(err.matches("not found").count(), 1, "{err}");
 
     // vm-start starts dependencies first; vm-stop stops the VM.
     calls.lock().unwrap().clear();
