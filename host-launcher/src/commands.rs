@@ -81,13 +81,22 @@ fn plan(args: &PlanArgs) -> Result<ExitCode> {
         };
     }
     let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &plan).context("writing the plan")?;
-        writeln!(out)?;
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &plan)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
     } else {
-        write!(out, "{plan}")?;
+        write!(out, "{plan}")
     }
-    Ok(ExitCode::SUCCESS)
+    .and_then(|()| out.flush());
+    match written {
+        // A reader that stops early (`vmsilo plan | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        other => {
+            other.context("writing the plan")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn proxy(args: &ProxyCommand) -> Result<ExitCode> {

@@ -298,7 +298,7 @@ impl Proxy {
         match self.agent() {
             Ok(agent) => forward(client, agent),
             Err(e) => {
-                let text = crate::error_chain(&e);
+                let text = crate::tools_cli::error_text(&e);
                 tracing::error!("{text}");
                 refuse(client, &text);
             }
@@ -341,7 +341,7 @@ impl Proxy {
                         vm: t.name.clone(),
                         transport: t.transport.clone(),
                         timeout: self.cfg.agent_timeout,
-                        last: crate::error_chain(&e),
+                        last: crate::tools_cli::error_text(&e),
                     });
                 }
                 Err(e) => {
@@ -349,7 +349,7 @@ impl Proxy {
                         return Err(ProxyError::StartCommandEnded {
                             vm: t.name.clone(),
                             status,
-                            last: crate::error_chain(&e),
+                            last: crate::tools_cli::error_text(&e),
                         });
                     }
                     std::thread::sleep(RETRY_INTERVAL);

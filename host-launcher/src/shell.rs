@@ -60,6 +60,19 @@ pub enum ShellError {
     },
 }
 
+/// Open a VM's serial console for reading and writing.
+pub fn open_console(console: &Path, vm: &str) -> Result<std::fs::File, ShellError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(console)
+        .map_err(|source| ShellError::Console {
+            vm: vm.to_owned(),
+            path: console.to_owned(),
+            source,
+        })
+}
+
 /// Copy `input` to the console and the console to `output` until `input` sends [`ESCAPE`] or
 /// ends. The console reader runs in a detached thread (a PTY read cannot be interrupted), which
 /// ends with the process.
@@ -67,18 +80,17 @@ pub fn console_session(
     console: &Path,
     vm: &str,
     input: &mut dyn Read,
+    output: Box<dyn Write + Send>,
+) -> Result<(), ShellError> {
+    console_session_on(open_console(console, vm)?, input, output)
+}
+
+/// [`console_session`] on a console already opened with [`open_console`].
+pub fn console_session_on(
+    mut tx: std::fs::File,
+    input: &mut dyn Read,
     mut output: Box<dyn Write + Send>,
 ) -> Result<(), ShellError> {
-    let open_err = |source| ShellError::Console {
-        vm: vm.to_owned(),
-        path: console.to_owned(),
-        source,
-    };
-    let mut tx = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(console)
-        .map_err(open_err)?;
     let mut rx = tx.try_clone().map_err(ShellError::Io)?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -121,15 +133,16 @@ pub fn vm_shell(args: &VmShellArgs) -> Result<i32, ShellError> {
         return ssh(args);
     }
     let paths = run_paths(&args.run_dir.run_dir);
-    let console = paths.console(&args.vm);
-    eprintln!(
+    let console = open_console(&paths.console(&args.vm), &args.vm)?;
+    let _ = writeln!(
+        io::stderr(),
         "vm-shell: connected to the serial console of {}; press Ctrl+] to leave",
         args.vm
     );
     let raw = RawTerminal::enter();
-    let result = console_session(&console, &args.vm, &mut io::stdin(), Box::new(io::stdout()));
+    let result = console_session_on(console, &mut io::stdin(), Box::new(io::stdout()));
     drop(raw);
-    eprintln!();
+    let _ = writeln!(io::stderr());
     result.map(|()| 0)
 }
 
@@ -224,8 +237,9 @@ pub fn vm_start(args: &VmStartArgs) -> Result<(), ShellError> {
     Ok(())
 }
 
-/// `vm-stop`: stop the VM's unit through systemd.
+/// `vm-stop`: stop the VM's unit through systemd, once the configuration knows the VM.
 pub fn vm_stop(args: &VmStopArgs) -> Result<(), ShellError> {
+    load_vm(&args.config, &args.vm)?;
     let unit = crate::paths::units::vm_service(&args.vm);
     crate::units::stop_unit(&unit).map_err(|source| ShellError::Unit {
         action: "stop",

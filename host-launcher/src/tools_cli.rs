@@ -26,7 +26,16 @@ pub struct RunDirArg {
 
 /// Run a program in a VM, starting the VM on demand.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "vm-run", version)]
+#[command(
+    name = "vm-run",
+    version,
+    after_help = "Exit status: the program's own; 128+N if it was killed by signal N (or if \
+                  vm-run got SIGINT, SIGTERM or SIGHUP before it started); 255 if vm-run \
+                  failed (VM unreachable, did not start the program within 120 s, broken \
+                  connection); 2 for a bad command line, including an invalid VM name or a \
+                  command over the protocol limits (4096 arguments or environment variables, \
+                  256 KiB in all)."
+)]
 pub struct VmRunArgs {
     /// Give the program an interactive terminal (for shells, editors, top).
     #[arg(short, long, conflicts_with = "detach")]
@@ -44,7 +53,7 @@ pub struct VmRunArgs {
     #[allow(missing_docs)]
     pub run_dir: RunDirArg,
     /// VM to run the program in.
-    #[arg(value_name = "VM", index = 1)]
+    #[arg(value_name = "VM", index = 1, value_parser = parse_vm_name)]
     pub vm: String,
     /// Program and its arguments.
     #[arg(
@@ -55,6 +64,36 @@ pub struct VmRunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<OsString>,
+}
+
+/// Reject a VM name that cannot be configured before it is used in a socket path or unit name
+/// (`../../etc` must not reach `/run/vmsilo/../../etc-command.socket`).
+fn parse_vm_name(s: &str) -> Result<String, String> {
+    if crate::config::is_vm_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a VM name: use 1 to {} lowercase letters, digits and '-', \
+             starting with a letter and not ending with '-'",
+            crate::config::VM_NAME_MAX
+        ))
+    }
+}
+
+/// An error and its causes on one line, each cause once: a foreign error whose message already
+/// ends with its source's text (zbus does this) does not repeat it.
+pub fn error_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.ends_with(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -80,7 +119,7 @@ pub struct VmStartArgs {
     )]
     pub config: PathBuf,
     /// VM to start.
-    #[arg(value_name = "VM")]
+    #[arg(value_name = "VM", value_parser = parse_vm_name)]
     pub vm: String,
 }
 
@@ -88,8 +127,16 @@ pub struct VmStartArgs {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "vm-stop", version)]
 pub struct VmStopArgs {
+    /// Config file, to check the VM is configured (like vm-start).
+    #[arg(
+        long,
+        env = "VMSILO_CONFIG",
+        default_value = "/etc/vmsilo/config.json",
+        hide = true
+    )]
+    pub config: PathBuf,
     /// VM to stop.
-    #[arg(value_name = "VM")]
+    #[arg(value_name = "VM", value_parser = parse_vm_name)]
     pub vm: String,
 }
 
@@ -118,7 +165,7 @@ pub struct VmShellArgs {
     #[arg(long, hide = true, value_name = "PORT")]
     pub vsock_bridge: Option<u32>,
     /// VM to open a shell in.
-    #[arg(value_name = "VM")]
+    #[arg(value_name = "VM", value_parser = parse_vm_name)]
     pub vm: String,
 }
 
@@ -204,6 +251,38 @@ mod tests {
         VmStopArgs::command().debug_assert();
         VmShellArgs::command().debug_assert();
         VmStartDebugArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn error_text_prints_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] Repeats);
+        /// Like zbus: its message already ends with its source's text.
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect failed: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let e = Outer(Repeats(std::io::Error::from_raw_os_error(2)));
+        let text = error_text(&e);
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(text.starts_with("outer: connect failed: "), "{text}");
+        assert_eq!(crate::error_chain(&e).matches("os error 2").count(), 2);
+    }
+
+    #[test]
+    fn vm_names_are_checked_by_every_tool() {
+        for bad in ["../../etc", "A", "x/y", ""] {
+            assert!(VmRunArgs::try_parse_from(["vm-run", bad, "true"]).is_err());
+            assert!(VmStartArgs::try_parse_from(["vm-start", bad]).is_err());
+            assert!(VmStopArgs::try_parse_from(["vm-stop", bad]).is_err());
+            assert!(VmShellArgs::try_parse_from(["vm-shell", bad]).is_err());
+        }
+        assert_eq!(
+            VmStopArgs::try_parse_from(["vm-stop", "work-2"])
+                .unwrap()
+                .vm,
+            "work-2"
+        );
     }
 
     #[test]

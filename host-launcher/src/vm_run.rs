@@ -7,13 +7,26 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use vmsilo_protocol::{
-    ExecRequest, ExitStatus, MAX_DATA_LEN, Message, PROTOCOL_VERSION, WinSize, read_message,
-    write_message,
+    ExecRequest, ExitStatus, FrameError, MAX_DATA_LEN, MAX_FRAME_LEN, Message, PROTOCOL_VERSION,
+    WinSize, encode, read_message, write_message,
 };
+
+/// How long `vm-run` waits for the program to start: longer than the proxy's default 60 s agent
+/// timeout, so a booting VM is waited for, but a peer that never answers cannot hang it forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Exit code for a command line `vm-run` rejects before connecting (like clap's usage errors).
+pub const USAGE_EXIT: i32 = 2;
+
+/// Exit code for `vm-run`'s own failures (like ssh), as opposed to the guest program's.
+pub const FAILURE_EXIT: i32 = 255;
 
 /// Something the local side wants the guest program to see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +95,62 @@ pub enum VmRunError {
     /// Cloning the socket failed.
     #[error("cannot duplicate the connection socket")]
     Clone(#[source] io::Error),
+    /// The peer did not start the program in time.
+    #[error(
+        "the guest agent did not start the program within {}s (VM still booting, or a stuck proxy)",
+        .0.as_secs()
+    )]
+    HandshakeTimeout(Duration),
+    /// The VM name cannot name a configured VM.
+    #[error(
+        "{0:?} is not a valid VM name (lowercase letters, digits and '-', starting with a letter)"
+    )]
+    BadName(String),
+    /// The user's command does not fit in one protocol request.
+    #[error("the command is too large to send: {0}")]
+    TooLarge(String),
+}
+
+impl VmRunError {
+    /// Exit code for this failure: [`USAGE_EXIT`] for a command line that can never work,
+    /// [`FAILURE_EXIT`] otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmRunError::BadName(_) | VmRunError::TooLarge(_) => USAGE_EXIT,
+            _ => FAILURE_EXIT,
+        }
+    }
+}
+
+/// Check `req` against the protocol limits the agent enforces, so an oversized command is
+/// reported as the user's, not as a malformed frame from the guest.
+pub fn check_request(req: &ExecRequest) -> Result<(), VmRunError> {
+    let Err(e) = encode(&Message::Exec(req.clone())) else {
+        return Ok(());
+    };
+    let text = match e {
+        FrameError::TooLong {
+            what: "argv",
+            len,
+            limit,
+        } => format!("{len} words (program and arguments); at most {limit} are allowed"),
+        FrameError::TooLong {
+            what: "env",
+            len,
+            limit,
+        } => format!("{len} environment variables; at most {limit} are allowed"),
+        FrameError::TooLong {
+            what: "cwd",
+            len,
+            limit,
+        } => format!("the working directory is {len} bytes; at most {limit} are allowed"),
+        FrameError::BadLength(len) => format!(
+            "program, arguments, environment and working directory take {len} bytes encoded; \
+             at most {MAX_FRAME_LEN} fit in one request"
+        ),
+        other => other.to_string(),
+    };
+    Err(VmRunError::TooLarge(text))
 }
 
 fn describe(m: &Message) -> String {
@@ -95,6 +164,7 @@ fn describe(m: &Message) -> String {
 
 /// Handshake, send `req`, then forward `events` to the guest and its output to `stdout`/`stderr`
 /// until the exit status arrives. Memory stays bounded by one frame whatever the peer sends.
+/// The program must be started within [`HANDSHAKE_TIMEOUT`].
 pub fn run_session(
     stream: UnixStream,
     req: ExecRequest,
@@ -102,15 +172,63 @@ pub fn run_session(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<Outcome, VmRunError> {
+    run_session_with(
+        stream,
+        req,
+        events,
+        stdout,
+        stderr,
+        HANDSHAKE_TIMEOUT,
+        &mut || {},
+    )
+}
+
+/// [`run_session`] with a custom handshake timeout and a hook called once the program has
+/// started (before any output is copied), e.g. to enter raw mode only then.
+pub fn run_session_with(
+    stream: UnixStream,
+    req: ExecRequest,
+    events: Receiver<ClientEvent>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    handshake_timeout: Duration,
+    on_started: &mut dyn FnMut(),
+) -> Result<Outcome, VmRunError> {
+    check_request(&req)?;
     let mut reader = stream.try_clone().map_err(VmRunError::Clone)?;
     let mut writer = stream;
+    let deadline = Instant::now() + handshake_timeout;
+    // Both directions are bounded until `Started`: a peer that neither reads nor answers must
+    // not hold vm-run forever.
+    let timed_out = |e: VmRunError| match e {
+        VmRunError::Protocol(vmsilo_protocol::IoError::Io(ref io))
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            VmRunError::HandshakeTimeout(handshake_timeout)
+        }
+        other => other,
+    };
+    let arm = |s: &UnixStream| -> Result<(), VmRunError> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left))
+            .and_then(|()| s.set_write_timeout(Some(left)))
+            .map_err(|e| VmRunError::Protocol(e.into()))
+    };
+    arm(&writer)?;
     write_message(
         &mut writer,
         &Message::Hello {
             version: PROTOCOL_VERSION,
         },
-    )?;
-    match read_message(&mut reader)? {
+    )
+    .map_err(|e| timed_out(e.into()))?;
+    arm(&reader)?;
+    match read_message(&mut reader).map_err(|e| timed_out(e.into()))? {
         Some(Message::Hello { version }) if version == PROTOCOL_VERSION => {}
         Some(Message::Hello { version }) => return Err(VmRunError::Version(version)),
         Some(Message::Error(e)) => return Err(VmRunError::Refused(e)),
@@ -118,13 +236,21 @@ pub fn run_session(
         None => return Err(VmRunError::Closed),
     }
     let detach = req.detach;
-    write_message(&mut writer, &Message::Exec(req))?;
-    let pid = match read_message(&mut reader)? {
+    arm(&writer)?;
+    write_message(&mut writer, &Message::Exec(req)).map_err(|e| timed_out(e.into()))?;
+    arm(&reader)?;
+    let pid = match read_message(&mut reader).map_err(|e| timed_out(e.into()))? {
         Some(Message::Started { pid }) => pid,
         Some(Message::Error(e)) => return Err(VmRunError::Refused(e)),
         Some(other) => return Err(VmRunError::Unexpected(describe(&other), "program start")),
         None => return Err(VmRunError::Closed),
     };
+    // Reader and writer share one socket, so this clears both directions of both handles.
+    reader
+        .set_read_timeout(None)
+        .and_then(|()| reader.set_write_timeout(None))
+        .map_err(|e| VmRunError::Protocol(e.into()))?;
+    on_started();
     if detach {
         return Ok(Outcome::Detached(pid));
     }
@@ -253,6 +379,9 @@ pub struct RunRequest {
 /// Returns the exit code the process should end with.
 pub fn run_cli(run_dir: &Path, r: &RunRequest) -> Result<i32, VmRunError> {
     use std::os::unix::ffi::OsStrExt;
+    if !crate::config::is_vm_name(&r.vm) {
+        return Err(VmRunError::BadName(r.vm.clone()));
+    }
     let tty = r.tty.then(|| {
         terminal_size(io::stdout())
             .or_else(|| terminal_size(io::stdin()))
@@ -276,6 +405,7 @@ pub fn run_cli(run_dir: &Path, r: &RunRequest) -> Result<i32, VmRunError> {
         tty,
         detach: r.detach,
     };
+    check_request(&req)?;
     let stream = connect(run_dir, &r.vm)?;
 
     // Block forwarded signals in every thread; one thread collects them with sigwait.
@@ -285,22 +415,53 @@ pub fn run_cli(run_dir: &Path, r: &RunRequest) -> Result<i32, VmRunError> {
     }
     let _ = set.thread_block();
     let (tx, rx) = sync_channel::<ClientEvent>(16);
+    let started = Arc::new(AtomicBool::new(false));
+    spawn_signal_forwarder(set, tx.clone(), r.tty, started.clone());
     if !r.detach {
-        spawn_signal_forwarder(set, tx.clone(), r.tty);
         spawn_stdin_reader(tx);
     }
-    let _raw = if r.tty && nix::unistd::isatty(io::stdin()).unwrap_or(false) {
-        RawMode::enter()
-    } else {
-        None
-    };
-    let outcome = run_session(stream, req, rx, &mut io::stdout().lock(), &mut io::stderr())?;
-    Ok(outcome.exit_code())
+    // Raw mode only once the program runs: until then Ctrl+C must still raise SIGINT here.
+    let mut raw = None;
+    let want_raw = r.tty && nix::unistd::isatty(io::stdin()).unwrap_or(false);
+    let outcome = run_session_with(
+        stream,
+        req,
+        rx,
+        &mut io::stdout().lock(),
+        &mut io::stderr(),
+        HANDSHAKE_TIMEOUT,
+        &mut || {
+            started.store(true, Ordering::SeqCst);
+            if want_raw {
+                raw = RawMode::enter();
+            }
+        },
+    );
+    drop(raw);
+    Ok(outcome?.exit_code())
 }
 
-fn spawn_signal_forwarder(set: SigSet, tx: SyncSender<ClientEvent>, tty: bool) {
+/// Signals that end `vm-run` while it still waits for the program to start.
+const ENDS_BEFORE_START: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+fn spawn_signal_forwarder(
+    set: SigSet,
+    tx: SyncSender<ClientEvent>,
+    tty: bool,
+    started: Arc<AtomicBool>,
+) {
     std::thread::spawn(move || {
         while let Ok(sig) = set.wait() {
+            if !started.load(Ordering::SeqCst) && ENDS_BEFORE_START.contains(&sig) {
+                // Nothing runs in the guest yet, so there is nothing to forward to: give up
+                // like a process killed by the signal would, but say why.
+                let _ = writeln!(
+                    io::stderr(),
+                    "vm-run: interrupted by {} before the program started",
+                    sig.as_str()
+                );
+                std::process::exit(128 + sig as i32);
+            }
             let ev = if sig == Signal::SIGWINCH {
                 if !tty {
                     continue;

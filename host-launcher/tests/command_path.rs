@@ -648,6 +648,7 @@ fn proxy_and_vm_start_stop_drive_systemd_over_dbus() {
             && err.contains("Unit vmsilo-dead-vm.service not found"),
         "{err}"
     );
+    assert_eq!(err.matches("not found").count(), 1, "{err}");
 
     // vm-start starts dependencies first; vm-stop stops the VM.
     calls.lock().unwrap().clear();
@@ -675,4 +676,154 @@ fn proxy_and_vm_start_stop_drive_systemd_over_dbus() {
             "StopUnit vmsilo-work-vm.service replace"
         ]
     );
+}
+
+/// A peer that accepts and then says nothing after `reply`, holding the connection open.
+fn silent_peer(path: &Path, reply: fn(&mut UnixStream)) {
+    let l = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut s in l.incoming().flatten() {
+            reply(&mut s);
+            held.push(s);
+        }
+    });
+}
+
+#[test]
+fn vm_run_ends_on_sigint_sigterm_sighup_before_the_program_starts() {
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing at all; Hello but never Started.
+    silent_peer(&dir.path().join("mute-command.socket"), |_| {});
+    silent_peer(&dir.path().join("hello-command.socket"), |s| {
+        let _ = read_message(s);
+        write_message(
+            s,
+            &Message::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+    });
+    for vm in ["mute", "hello"] {
+        for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            let mut child = Command::new(VM_RUN)
+                .env("VMSILO_RUN_DIR", dir.path())
+                .args([vm, "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{vm}: vm-run gave up on its own"
+            );
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+            let t = Instant::now();
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    panic!("{vm}: vm-run ignored {sig} before the program started");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert_eq!(status.code(), Some(128 + sig as i32), "{vm} {sig}: {err}");
+            assert!(
+                err.contains(&format!("interrupted by {sig} before the program started")),
+                "{vm} {sig}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_handshake_that_never_finishes_times_out() {
+    let (client, mut agent) = UnixStream::pair().unwrap();
+    let peer = std::thread::spawn(move || {
+        let _ = read_message(&mut agent);
+        write_message(
+            &mut agent,
+            &Message::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+        let _ = read_message(&mut agent);
+        // Never answers the Exec; keeps the stream open until the client gives up.
+        let mut rest = Vec::new();
+        let _ = agent.read_to_end(&mut rest);
+    });
+    let (_tx, rx) = std::sync::mpsc::sync_channel(1);
+    let mut started = false;
+    let t = Instant::now();
+    let err = vmsilo::vm_run::run_session_with(
+        client,
+        vmsilo_protocol::ExecRequest {
+            argv: vec![b"true".to_vec()],
+            ..Default::default()
+        },
+        rx,
+        &mut Vec::new(),
+        &mut Vec::new(),
+        Duration::from_millis(500),
+        &mut || started = true,
+    )
+    .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(!started);
+    assert!(
+        matches!(err, vmsilo::vm_run::VmRunError::HandshakeTimeout(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("did not start the program within"));
+    assert_eq!(err.exit_code(), 255);
+    drop(err);
+    peer.join().unwrap();
+    // The real limit outlasts the proxy's default 60 s wait for a booting VM.
+    assert!(vmsilo::vm_run::HANDSHAKE_TIMEOUT > Duration::from_secs(60));
+}
+
+#[test]
+fn an_oversized_command_is_the_users_error_not_the_guests() {
+    let dir = tempfile::tempdir().unwrap();
+    // An agent is there, so a request that reached it would fail differently.
+    plain_agent(&dir.path().join("t-command.socket"));
+    let many: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+    let mut args = vec!["t".to_owned(), "echo".to_owned()];
+    args.extend(many);
+    let big = "a".repeat(100_000);
+    let long_cwd = format!("--cwd=/{}", "d".repeat(5000));
+    let cases: [(Vec<String>, &str); 3] = [
+        (args, "5001 words (program and arguments); at most 4096"),
+        (
+            vec!["t".into(), "echo".into(), big.clone(), big.clone(), big],
+            "at most 262144 fit in one request",
+        ),
+        (
+            vec![long_cwd, "t".into(), "true".into()],
+            "working directory is 5001 bytes; at most 4096",
+        ),
+    ];
+    for (args, expect) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = vm_run(dir.path(), &refs, b"");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("the command is too large to send"), "{err}");
+        assert!(err.contains(expect), "{err}");
+        assert!(!err.contains("malformed"), "{err}");
+    }
 }

@@ -162,12 +162,57 @@ fn vm_start_and_stop_report_bus_and_name_errors() {
         err.contains("cannot start vmsilo-net-vm.service: cannot connect to the system D-Bus"),
         "{err}"
     );
+    // Each cause is printed once, even where zbus repeats its source in its own message.
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     let out = run(VM_STOP, "work");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cannot stop vmsilo-work-vm.service: cannot connect to the system D-Bus"),
         "{err}"
     );
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    // vm-stop checks the configuration like vm-start, before asking systemd.
+    let out = run(VM_STOP, "nosuch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("no VM named \"nosuch\""), "{err}");
+}
+
+#[test]
+fn tools_reject_names_that_are_not_vm_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let vm_run = env!("CARGO_BIN_EXE_vm-run");
+    for bin in [VM_START, VM_STOP, VM_SHELL, vm_run] {
+        for bad in ["../../etc", "Work", "a/b", "", "-x", "toolongvmname"] {
+            let mut cmd = Command::new(bin);
+            cmd.env("VMSILO_CONFIG", &cfg)
+                .env("VMSILO_RUN_DIR", dir.path())
+                .args(["--", bad]);
+            if bin == vm_run {
+                cmd.arg("true");
+            }
+            let out = cmd.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{bin} {bad:?}: {err}");
+            assert!(err.contains("is not a VM name"), "{bin} {bad:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn console_error_comes_before_any_connected_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(VM_SHELL)
+        .arg("--run-dir")
+        .arg(dir.path())
+        .arg("nosuch")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot open the serial console"), "{err}");
+    assert!(!err.contains("connected"), "{err}");
 }
 
 #[test]
@@ -199,4 +244,60 @@ fn generated_bash_completion_completes_vm_names_from_the_config() {
         "{text}"
     );
     assert_eq!(lines[1], "work", "{text}");
+}
+
+/// A pipe whose reader is already gone: every write to it fails with EPIPE.
+fn closed_pipe() -> Stdio {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    Stdio::from(w)
+}
+
+fn quickstart() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/examples/quickstart.json")
+}
+
+#[test]
+fn plan_into_a_closed_pipe_exits_quietly() {
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmsilo"));
+        cmd.arg("plan").arg(quickstart());
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "json={json}: {err}");
+        assert!(!err.contains("Broken pipe"), "json={json}: {err}");
+    }
+}
+
+#[test]
+fn vm_start_debug_survives_a_closed_stderr_and_has_its_own_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-start-debug"))
+        .env("VMSILO_CONFIG", quickstart())
+        .arg("--root")
+        .arg(dir.path())
+        .args(["--crosvm", "/nonexistent/crosvm", "banking"])
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .status()
+        .unwrap();
+    // It fails (no crosvm) but reports that by exit code, not with a panic (101).
+    assert_eq!(out.code(), Some(1));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-start-debug"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("Usage: vm-start-debug"), "{help}");
+    assert!(!help.contains("vmsilo vm run"), "{help}");
+    assert!(!help.contains("--foreground"), "{help}");
 }

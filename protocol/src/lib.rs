@@ -48,6 +48,9 @@ pub const MAX_DATA_LEN: usize = 64 * 1024;
 /// Most argv or env entries one request may carry, bounding per-request allocations.
 pub const MAX_LIST_LEN: usize = 4096;
 
+/// Longest working directory a request may name (the kernel's `PATH_MAX`).
+pub const MAX_CWD_LEN: usize = 4096;
+
 /// Largest error text a peer may send, so error messages cannot flood logs.
 pub const MAX_ERROR_LEN: usize = 4096;
 
@@ -270,7 +273,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message, FrameError> {
             }
             let cwd = match c.u8()? {
                 0 => None,
-                1 => Some(c.bytes("cwd", 4096)?),
+                1 => Some(c.bytes("cwd", MAX_CWD_LEN)?),
                 _ => return Err(FrameError::Invalid("cwd flag is not 0 or 1")),
             };
             let tty = match c.u8()? {
@@ -397,6 +400,13 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
             match &req.cwd {
                 None => out.push(0),
                 Some(cwd) => {
+                    if cwd.len() > MAX_CWD_LEN {
+                        return Err(FrameError::TooLong {
+                            what: "cwd",
+                            len: cwd.len(),
+                            limit: MAX_CWD_LEN,
+                        });
+                    }
                     out.push(1);
                     put_bytes(&mut out, cwd);
                 }

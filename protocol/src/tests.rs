@@ -160,3 +160,24 @@ proptest! {
         prop_assert_eq!(decode(&frame).unwrap().unwrap().0, Message::Exec(req));
     }
 }
+
+#[test]
+fn encoder_rejects_a_cwd_the_decoder_would_reject() {
+    let req = |len| {
+        Message::Exec(ExecRequest {
+            argv: vec![b"true".to_vec()],
+            cwd: Some(vec![b'd'; len]),
+            ..Default::default()
+        })
+    };
+    let frame = encode(&req(MAX_CWD_LEN)).unwrap();
+    assert_eq!(decode(&frame).unwrap().unwrap().0, req(MAX_CWD_LEN));
+    assert_eq!(
+        encode(&req(MAX_CWD_LEN + 1)),
+        Err(FrameError::TooLong {
+            what: "cwd",
+            len: MAX_CWD_LEN + 1,
+            limit: MAX_CWD_LEN
+        })
+    );
+}

@@ -1,5 +1,7 @@
 //! `vm-run <vm> <command…>`: run a program in a VM and return its exit status.
 
+use std::io::Write;
+
 use clap::Parser;
 use vmsilo::tools_cli::VmRunArgs;
 use vmsilo::vm_run::{RunRequest, run_cli};
@@ -17,9 +19,14 @@ fn main() {
     let code = match run_cli(&a.run_dir.run_dir, &req) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vm-run: {}", vmsilo::error_chain(&e));
-            // Like ssh: 255 means vm-run itself failed, not the guest program.
-            255
+            let _ = writeln!(
+                std::io::stderr(),
+                "vm-run: {}",
+                vmsilo::tools_cli::error_text(&e)
+            );
+            // Like ssh: 255 means vm-run itself failed, not the guest program; 2 means the
+            // command line can never work (bad VM name, request over the protocol limits).
+            e.exit_code()
         }
     };
     std::process::exit(code);

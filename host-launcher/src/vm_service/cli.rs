@@ -1,5 +1,6 @@
 //! `vmsilo vm run`: from parsed arguments to a running VM.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -52,7 +53,9 @@ pub fn run(args: &VmRunArgs) -> Result<ExitCode> {
         }
     }
     if args.foreground {
-        eprintln!(
+        // Not eprintln!: a closed stderr (`vm-start-debug … 2>&1 | head`) must not panic.
+        let _ = writeln!(
+            std::io::stderr(),
             "vmsilo: starting {} (console: {}; Ctrl-C powers it off)",
             args.vm,
             plan.console_link.display()
@@ -61,7 +64,11 @@ pub fn run(args: &VmRunArgs) -> Result<ExitCode> {
     let outcome = super::run(plan, &tools).with_context(|| format!("VM {}", args.vm))?;
     tracing::info!(vm = %args.vm, ?outcome, "VM stopped");
     if args.foreground {
-        eprintln!("vmsilo: {} stopped ({outcome:?})", args.vm);
+        let _ = writeln!(
+            std::io::stderr(),
+            "vmsilo: {} stopped ({outcome:?})",
+            args.vm
+        );
     }
     Ok(match outcome {
         Outcome::GuestExited
