@@ -252,4 +252,49 @@ mod tests {
         drop(a);
         assert!(matches!(recv(b.as_fd()), Err(ControlError::Closed)));
     }
+
+    #[test]
+    fn the_largest_valid_peer_fits_every_message() {
+        use crate::peer::MAX_LIST_ENTRIES;
+        let name = "n".repeat(64);
+        let v6 = |i: usize| {
+            format!(
+                "\"fdff:ffff:ffff:ffff:ffff:ffff:ffff:{:04x}/128\"",
+                0xf000 + i
+            )
+        };
+        let v4 = |i: usize| format!("\"255.255.{i}.254/32\"");
+        let list = |f: &dyn Fn(usize) -> String| {
+            (0..MAX_LIST_ENTRIES).map(f).collect::<Vec<_>>().join(",")
+        };
+        let text = format!(
+            r#"{{"name":"{name}","mac":"fe:ff:ff:ff:ff:ff","ipv4":[{}],"ipv6":[{}],"routes":[{}],"receiveBroadcast":false}}"#,
+            list(&v4),
+            list(&v6),
+            list(&v6)
+        );
+        let peer = PeerConfig::from_json(Path::new("x"), &text).unwrap();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        for msg in [
+            Msg::GetBuffer {
+                peer: peer.clone(),
+                generation: u64::MAX,
+            },
+            Msg::UpdatePeer { peer: peer.clone() },
+            Msg::SetSelf { me: peer.clone() },
+        ] {
+            send(a.as_fd(), &msg, &[]).unwrap();
+            assert_eq!(recv(b.as_fd()).unwrap().0, msg);
+        }
+        let (_consumer, fds) = crate::ring::create(4096).unwrap();
+        let msg = Msg::PutBuffer { peer };
+        send_ring(a.as_fd(), &msg, &fds).unwrap();
+        assert_eq!(recv(b.as_fd()).unwrap().0, msg);
+    }
 }

@@ -113,6 +113,11 @@ pub fn run(args: Args) -> Result<(), RunError> {
         flag: "--config-dir",
         message: format!("cannot create {}: {e}", settings.dir.display()),
     })?;
+    // Held until the process (and the sandbox's outer process) exits.
+    let _lock = supervisor::lock_dir(&settings.dir).map_err(|message| RunError::Flag {
+        flag: "--config-dir",
+        message,
+    })?;
     let settings = if args.no_sandbox {
         settings
     } else {

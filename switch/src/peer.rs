@@ -17,7 +17,14 @@
 //! | `routes` | list of CIDRs (v4 or v6), default `[]` | prefixes this VM routes for others; also valid sources |
 //! | `receiveBroadcast` | bool, default `false` | whether broadcast/multicast from other peers reaches this VM |
 //!
-//! Unknown keys are rejected so a typo is reported rather than silently ignored.
+//! Unknown keys are rejected so a typo is reported rather than silently ignored. `mac` is six
+//! pairs of hex digits. `ipv4`, `ipv6` and `routes` hold at most [`MAX_LIST_ENTRIES`] entries
+//! each, so that any accepted config fits in one control message. Only regular files (or
+//! symlinks to them) of at most [`MAX_PEER_FILE_BYTES`] are read; a `.json` entry that is a
+//! FIFO, device, directory or socket, or whose stem is not a valid VM name, is skipped with a
+//! warning naming it. A peer whose MAC or one of whose interface addresses (`ipv4`/`ipv6`, prefix
+//! length ignored) is already used by a peer being served is not served either (the switch warns,
+//! naming both); it is picked up once the clash is gone.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,6 +35,10 @@ use serde::{Deserialize, Serialize};
 
 /// Largest peer file accepted; the files are tiny, anything bigger is a mistake or an attack.
 pub const MAX_PEER_FILE_BYTES: u64 = 64 * 1024;
+
+/// Most entries in each of `ipv4`, `ipv6` and `routes`: keeps every peer's config small enough
+/// to travel in one control message ([`crate::control::MAX_MSG`]).
+pub const MAX_LIST_ENTRIES: usize = 64;
 
 /// Errors from reading and validating a peer file.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -47,6 +58,15 @@ pub enum PeerFileError {
         file: PathBuf,
         /// serde's description, including line and column.
         message: String,
+    },
+    /// The path is not a regular file (a FIFO, device, directory, socket, or a symlink to one);
+    /// it is never opened for reading, so it cannot block or trigger device side effects.
+    #[error("{file}: not a regular file ({kind}); ignored")]
+    NotRegular {
+        /// The peer file.
+        file: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
     },
     /// A field has an invalid value.
     #[error("{file}: {field}: {message}")]
@@ -102,7 +122,7 @@ impl FromStr for MacAddr {
         }
         let mut out = [0u8; 6];
         for (slot, part) in out.iter_mut().zip(parts) {
-            if part.len() != 2 {
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!(
                     "{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"
                 ));
@@ -275,6 +295,15 @@ impl PeerConfig {
             ));
         }
         let parse_list = |key: &str, items: &[String], want: Option<bool>| {
+            if items.len() > MAX_LIST_ENTRIES {
+                return Err(field(
+                    key.to_string(),
+                    format!(
+                        "{} entries; at most {MAX_LIST_ENTRIES} are allowed",
+                        items.len()
+                    ),
+                ));
+            }
             items
                 .iter()
                 .enumerate()
@@ -321,14 +350,35 @@ impl PeerConfig {
         })
     }
 
-    /// Read and validate a peer file, refusing oversized files.
+    /// Read and validate a peer file, refusing oversized files and anything that is not a
+    /// regular file (a FIFO would block main forever, a device could have open side effects).
     pub fn load(file: &Path) -> Result<PeerConfig, PeerFileError> {
         use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let read_err = |e: std::io::Error| PeerFileError::Read {
             file: file.to_path_buf(),
             message: e.to_string(),
         };
-        let f = std::fs::File::open(file).map_err(read_err)?;
+        let not_regular = |m: &std::fs::Metadata| {
+            (!m.is_file()).then(|| PeerFileError::NotRegular {
+                file: file.to_path_buf(),
+                kind: file_kind(m),
+            })
+        };
+        // Checked before opening (follows symlinks) and again on the open descriptor (the path
+        // may have been swapped in between); O_NONBLOCK keeps even that race from blocking.
+        let meta = std::fs::metadata(file).map_err(read_err)?;
+        if let Some(e) = not_regular(&meta) {
+            return Err(e);
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(file)
+            .map_err(read_err)?;
+        if let Some(e) = not_regular(&f.metadata().map_err(read_err)?) {
+            return Err(e);
+        }
         let mut text = String::new();
         f.take(MAX_PEER_FILE_BYTES + 1)
             .read_to_string(&mut text)
@@ -340,6 +390,27 @@ impl PeerConfig {
             });
         }
         Self::from_json(file, &text)
+    }
+
+    /// Why `self` and `other` cannot both be on one network (same MAC or a shared interface
+    /// address: frames would be attributed or delivered to the wrong VM), if they clash.
+    pub fn conflict_with(&self, other: &PeerConfig) -> Option<String> {
+        if self.mac == other.mac {
+            return Some(format!("mac {}", self.mac));
+        }
+        let mine = self.ipv4.iter().chain(&self.ipv6);
+        for c in mine {
+            if other
+                .ipv4
+                .iter()
+                .chain(&other.ipv6)
+                .any(|o| o.addr == c.addr)
+            {
+                let key = if c.addr.is_ipv4() { "ipv4" } else { "ipv6" };
+                return Some(format!("{key} address {}", c.addr));
+            }
+        }
+        None
     }
 
     /// Whether `ip` is a source this VM may use: one of its addresses or inside a route it
@@ -354,11 +425,55 @@ impl PeerConfig {
     }
 }
 
+/// A short word for a non-regular file type, for messages.
+fn file_kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_symlink() {
+        "symlink"
+    } else {
+        "special file"
+    }
+}
+
+/// The VM name a directory entry stands for: `None` for entries that are not peer files at all
+/// (no `.json` suffix, e.g. sockets and `.<vm>.json.tmp`), `Some(Err(why))` for a `.json` file
+/// whose stem is not a valid VM name (worth a warning), `Some(Ok(name))` otherwise.
+pub fn peer_file_name(path: &Path) -> Option<Result<String, String>> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = path.file_name()?.as_bytes();
+    let stem = raw.strip_suffix(b".json")?;
+    let Ok(stem) = std::str::from_utf8(stem) else {
+        return Some(Err("the name is not valid UTF-8".into()));
+    };
+    if valid_name(stem) {
+        return Some(Ok(stem.to_string()));
+    }
+    let why = if stem.is_empty() {
+        "the VM name before .json is empty".to_string()
+    } else if stem.len() > 64 {
+        format!("the VM name is {} bytes long (at most 64)", stem.len())
+    } else if stem.starts_with('.') {
+        "the VM name starts with '.'".to_string()
+    } else {
+        format!("{stem:?} is not a valid VM name (only A-Z a-z 0-9 - _ .)")
+    };
+    Some(Err(why))
+}
+
 /// The peer-file path for a VM, and the stem check used by the directory watcher.
 pub fn peer_name_from_path(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let stem = name.strip_suffix(".json")?;
-    valid_name(stem).then(|| stem.to_string())
+    peer_file_name(path)?.ok()
 }
 
 #[cfg(test)]
@@ -448,5 +563,153 @@ mod tests {
         assert_eq!(c.broadcast_v4(), Some(Ipv4Addr::new(10, 1, 0, 255)));
         assert!(c.contains("10.1.0.200".parse().unwrap()));
         assert!(!c.contains("10.1.1.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn mac_octets_are_exactly_two_hex_digits() {
+        for bad in [
+            "+2:54:00:00:00:06",
+            "52:54:00:00:00:+6",
+            "52:54:00:00:00:-6",
+            "2:54:00:00:00:06",
+            " 2:54:00:00:00:06",
+        ] {
+            let e = PeerConfig::from_json(p(), &format!(r#"{{"name":"banking","mac":"{bad}"}}"#))
+                .unwrap_err();
+            assert!(
+                matches!(e, PeerFileError::Field { ref field, .. } if field == "mac"),
+                "{bad}: {e:?}"
+            );
+        }
+        assert_eq!(
+            "02:aB:00:00:00:06".parse::<MacAddr>().unwrap(),
+            MacAddr([2, 0xab, 0, 0, 0, 6])
+        );
+    }
+
+    #[test]
+    fn address_lists_are_capped_with_the_field_named() {
+        let list = |n: usize, f: &dyn Fn(usize) -> String| {
+            (0..n)
+                .map(|i| format!("{:?}", f(i)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let v4 = |i: usize| format!("10.{}.{}.1/24", i / 256, i % 256);
+        let v6 = |i: usize| format!("fd00::{i:x}/64");
+        for (key, f) in [
+            ("ipv4", &v4 as &dyn Fn(usize) -> String),
+            ("ipv6", &v6),
+            ("routes", &v4),
+        ] {
+            let ok = format!(
+                r#"{{"name":"banking","mac":"52:54:00:12:34:56","{key}":[{}]}}"#,
+                list(MAX_LIST_ENTRIES, f)
+            );
+            PeerConfig::from_json(p(), &ok).unwrap();
+            let text = format!(
+                r#"{{"name":"banking","mac":"52:54:00:12:34:56","{key}":[{}]}}"#,
+                list(3000, f)
+            );
+            assert!(text.len() < MAX_PEER_FILE_BYTES as usize);
+            let e = PeerConfig::from_json(p(), &text).unwrap_err();
+            assert!(
+                matches!(e, PeerFileError::Field { ref field, .. } if field == key),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("3000 entries"), "{e}");
+        }
+    }
+
+    #[test]
+    fn odd_json_names_are_reported_not_silently_skipped() {
+        let long = format!("/x/{}.json", "a".repeat(200));
+        for (path, why) in [
+            ("/x/n o.json", "not a valid VM name"),
+            ("/x/\u{dc}.json", "not a valid VM name"),
+            ("/x/.json", "empty"),
+            ("/x/.hidden.json", "starts with '.'"),
+            (long.as_str(), "200 bytes"),
+        ] {
+            match peer_file_name(Path::new(path)) {
+                Some(Err(m)) => assert!(m.contains(why), "{path}: {m}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let non_utf8 = std::ffi::OsStr::from_bytes(b"/x/\xff.json");
+        assert!(matches!(peer_file_name(Path::new(non_utf8)), Some(Err(_))));
+        assert_eq!(peer_file_name(Path::new("/x/a.sock")), None);
+        assert_eq!(peer_file_name(Path::new("/x/.a.json.tmp")), None);
+        assert_eq!(peer_file_name(Path::new("/x/a.json")), Some(Ok("a".into())));
+    }
+
+    /// Loads `path` on another thread so a blocking open fails the test instead of hanging it.
+    fn load_with_timeout(path: PathBuf) -> Result<PeerConfig, PeerFileError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(PeerConfig::load(&path));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("PeerConfig::load blocked")
+    }
+
+    #[test]
+    fn non_regular_files_are_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("u.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let link = tmp.path().join("v.json");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let sub = tmp.path().join("w.json");
+        std::fs::create_dir(&sub).unwrap();
+        for (path, kind) in [(fifo, "FIFO"), (link, "FIFO"), (sub, "directory")] {
+            let e = load_with_timeout(path.clone()).unwrap_err();
+            assert_eq!(
+                e,
+                PeerFileError::NotRegular {
+                    file: path.clone(),
+                    kind
+                }
+            );
+            assert!(e.to_string().contains(&path.display().to_string()));
+        }
+        // A symlink to a regular file is still followed.
+        let real = tmp.path().join("real");
+        std::fs::write(&real, r#"{"name":"z","mac":"52:54:00:12:34:56"}"#).unwrap();
+        let z = tmp.path().join("z.json");
+        std::os::unix::fs::symlink(&real, &z).unwrap();
+        assert_eq!(load_with_timeout(z).unwrap().name, "z");
+    }
+
+    #[test]
+    fn clashing_mac_or_address_is_detected() {
+        let mk = |name: &str, mac: &str, v4: &str, v6: &str| {
+            PeerConfig::from_json(
+                Path::new(name),
+                &format!(
+                    r#"{{"name":"{name}","mac":"{mac}","ipv4":["{v4}"],"ipv6":["{v6}"],"routes":["0.0.0.0/0"]}}"#
+                ),
+            )
+            .unwrap()
+        };
+        let a = mk("a", "52:54:00:00:00:01", "10.0.0.1/24", "fd00::1/64");
+        let same_mac = mk("b", "52:54:00:00:00:01", "10.0.0.2/24", "fd00::2/64");
+        let same_v4 = mk("c", "52:54:00:00:00:03", "10.0.0.1/16", "fd00::3/64");
+        let same_v6 = mk("d", "52:54:00:00:00:04", "10.0.0.4/24", "fd00::1/128");
+        let fine = mk("e", "52:54:00:00:00:05", "10.0.0.5/24", "fd00::5/64");
+        assert_eq!(
+            same_mac.conflict_with(&a).as_deref(),
+            Some("mac 52:54:00:00:00:01")
+        );
+        assert_eq!(
+            same_v4.conflict_with(&a).as_deref(),
+            Some("ipv4 address 10.0.0.1")
+        );
+        assert_eq!(
+            same_v6.conflict_with(&a).as_deref(),
+            Some("ipv6 address fd00::1")
+        );
+        assert_eq!(fine.conflict_with(&a), None, "shared routes are allowed");
     }
 }

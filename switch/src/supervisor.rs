@@ -71,6 +71,8 @@ struct Peer {
     cfg: PeerConfig,
     listener: UnixListener,
     sock_path: PathBuf,
+    /// (device, inode) of the socket we bound, so we only ever unlink our own.
+    sock_id: Option<(u64, u64)>,
     child: Option<Child>,
     generation: u64,
     started: Instant,
@@ -220,10 +222,19 @@ impl Supervisor {
         due.clamp(0, 1000)
     }
 
+    /// Log `text` for `key` unless exactly this was already said about it.
+    fn report(&mut self, key: &Path, text: String) {
+        if self.reported.get(key) != Some(&text) {
+            tracing::warn!("{text}");
+            self.reported.insert(key.to_path_buf(), text);
+        }
+    }
+
     /// Compare the directory with what runs and converge.
     fn rescan(&mut self) {
         let dir = self.settings.dir.clone();
-        let mut seen: BTreeMap<String, PeerConfig> = BTreeMap::new();
+        let mut seen: BTreeMap<String, (PathBuf, PeerConfig)> = BTreeMap::new();
+        let mut keep_reported: Vec<PathBuf> = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) => {
@@ -233,55 +244,109 @@ impl Supervisor {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(name) = peer::peer_name_from_path(&path) else {
-                continue;
+            let name = match peer::peer_file_name(&path) {
+                None => continue,
+                Some(Ok(name)) => name,
+                Some(Err(why)) => {
+                    keep_reported.push(path.clone());
+                    self.report(&path, format!("{}: ignored: {why}", path.display()));
+                    continue;
+                }
             };
             match PeerConfig::load(&path) {
                 Ok(cfg) => {
-                    self.reported.remove(&path);
-                    seen.insert(name, cfg);
+                    seen.insert(name, (path, cfg));
                 }
                 Err(e) => {
-                    let text = e.to_string();
-                    if self.reported.get(&path) != Some(&text) {
-                        tracing::error!("{text}");
-                        self.reported.insert(path.clone(), text);
-                    }
+                    keep_reported.push(path.clone());
+                    self.report(&path, e.to_string());
                     // Keep a running peer on its last good config rather than cutting it off.
                     if let Some(p) = self.peers.get(&name) {
-                        seen.insert(name, p.cfg.clone());
+                        seen.insert(name, (path, p.cfg.clone()));
                     }
+                }
+            }
+        }
+        // Peers already served keep their place; a changed or new config must not clash with
+        // anything accepted so far (same MAC or interface address), else it is refused.
+        let mut accepted: BTreeMap<String, PeerConfig> = self
+            .peers
+            .iter()
+            .filter(|(n, _)| seen.contains_key(*n))
+            .map(|(n, p)| (n.clone(), p.cfg.clone()))
+            .collect();
+        let (old, new): (Vec<_>, Vec<_>) = seen
+            .into_iter()
+            .partition(|(n, _)| accepted.contains_key(n));
+        for (name, (path, cfg)) in old.into_iter().chain(new) {
+            if accepted.get(&name) == Some(&cfg) {
+                continue;
+            }
+            let clash = accepted
+                .iter()
+                .filter(|(n, _)| **n != name)
+                .find_map(|(n, other)| cfg.conflict_with(other).map(|what| (n.clone(), what)));
+            match clash {
+                Some((other, what)) => {
+                    keep_reported.push(path.clone());
+                    let served = if accepted.contains_key(&name) {
+                        "change not applied"
+                    } else {
+                        "not served"
+                    };
+                    self.report(
+                        &path,
+                        format!(
+                            "{}: peer {name:?} uses {what}, which peer {other:?} already has; {served}",
+                            path.display()
+                        ),
+                    );
+                }
+                None => {
+                    accepted.insert(name, cfg);
                 }
             }
         }
         let gone: Vec<String> = self
             .peers
             .keys()
-            .filter(|n| !seen.contains_key(*n))
+            .filter(|n| !accepted.contains_key(*n))
             .cloned()
             .collect();
         for n in gone {
             self.remove_peer(&n);
         }
-        for (name, cfg) in seen {
+        for (name, cfg) in accepted {
             match self.peers.get(&name).map(|p| p.cfg == cfg) {
-                None => self.add_peer(cfg),
+                None => {
+                    if let Err(text) = self.add_peer(cfg) {
+                        let sock = dir.join(format!("{name}.sock"));
+                        keep_reported.push(sock.clone());
+                        self.report(&sock, text);
+                    }
+                }
                 Some(true) => {}
                 Some(false) => self.update_peer(cfg),
             }
         }
+        // Forget what was said about entries that are fine or gone, so a recurrence is logged.
+        self.reported.retain(|k, _| keep_reported.contains(k));
     }
 
-    fn add_peer(&mut self, cfg: PeerConfig) {
+    /// Serve a new peer: create its socket and fork its child. Refuses (with a message naming
+    /// the path) to replace anything at the socket path but a stale socket: a regular file there
+    /// is someone's data, a socket someone still listens on is someone's service.
+    fn add_peer(&mut self, cfg: PeerConfig) -> Result<(), String> {
         let sock_path = self.settings.dir.join(format!("{}.sock", cfg.name));
-        let _ = std::fs::remove_file(&sock_path);
-        let listener = match UnixListener::bind(&sock_path) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(vm = %cfg.name, path = %sock_path.display(), error = %e, "cannot create vhost-user socket");
-                return;
-            }
-        };
+        clear_stale_socket(&sock_path)?;
+        let listener = UnixListener::bind(&sock_path).map_err(|e| {
+            format!(
+                "{}: cannot create the vhost-user socket for peer {:?}: {e}",
+                sock_path.display(),
+                cfg.name
+            )
+        })?;
+        let sock_id = file_id(&sock_path);
         tracing::info!(vm = %cfg.name, socket = %sock_path.display(), "peer added");
         let name = cfg.name.clone();
         self.peers.insert(
@@ -290,6 +355,7 @@ impl Supervisor {
                 cfg,
                 listener,
                 sock_path,
+                sock_id,
                 child: None,
                 generation: 0,
                 started: Instant::now(),
@@ -298,6 +364,7 @@ impl Supervisor {
             },
         );
         self.spawn(&name);
+        Ok(())
     }
 
     fn update_peer(&mut self, cfg: PeerConfig) {
@@ -321,7 +388,7 @@ impl Supervisor {
             let _ = nix::sys::signal::kill(c.pid, Signal::SIGKILL);
             let _ = waitpid(c.pid, None);
         }
-        let _ = std::fs::remove_file(&p.sock_path);
+        remove_own_socket(&p.sock_path, p.sock_id);
         self.broadcast_except(
             name,
             &Msg::RemovePeer {
@@ -565,10 +632,105 @@ impl Supervisor {
                     let _ = nix::sys::signal::kill(c.pid, Signal::SIGKILL);
                     let _ = waitpid(c.pid, None);
                 }
-                let _ = std::fs::remove_file(&p.sock_path);
+                remove_own_socket(&p.sock_path, p.sock_id);
             }
         }
     }
+}
+
+/// (device, inode) of the entry at `path` itself (not following symlinks).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Unlink `path` only if it is still the socket we bound there (`id`); whatever replaced it
+/// belongs to someone else.
+fn remove_own_socket(path: &Path, id: Option<(u64, u64)>) {
+    use std::os::unix::fs::FileTypeExt;
+    let ours = id.is_some()
+        && file_id(path) == id
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    } else {
+        tracing::warn!(path = %path.display(), "socket was replaced by something else; left in place");
+    }
+}
+
+/// Make room for a new listening socket at `path`: nothing there is fine; a socket nobody
+/// listens on (left by a vm-switch that was killed) is removed; anything else is an error
+/// naming the path. The directory lock (see [`lock_dir`]) rules out a live vm-switch here.
+fn clear_stale_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(format!(
+                "{}: cannot inspect: {e}; peer not served",
+                path.display()
+            ));
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "{}: exists and is not a socket; not removing it, peer not served",
+            path.display()
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(format!(
+            "{}: another process is listening on this socket; peer not served",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "removing stale socket");
+            std::fs::remove_file(path)
+                .map_err(|e| format!("{}: cannot remove stale socket: {e}", path.display()))
+        }
+        Err(e) => Err(format!(
+            "{}: cannot check whether the socket is in use: {e}; peer not served",
+            path.display()
+        )),
+    }
+}
+
+/// Name of the lock file in the config directory.
+pub const LOCK_FILE: &str = ".vm-switch.lock";
+
+/// Take an exclusive lock on `<dir>/.vm-switch.lock` so a second vm-switch on the same
+/// directory refuses to start instead of taking over (and later deleting) the first one's
+/// sockets. The lock lives as long as the returned file (and its copies across fork).
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            format!(
+                "another vm-switch is already serving {} (it holds the lock {})",
+                dir.display(),
+                path.display()
+            )
+        } else {
+            format!("cannot lock {}: {e}", path.display())
+        });
+    }
+    Ok(f)
 }
 
 /// Close every descriptor except `keep` (used right after fork).

@@ -306,3 +306,227 @@ fn the_sandbox_isolates_main_and_children() {
     );
     assert!(!dir.join("alpha.sock").exists());
 }
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+fn sigterm_and_wait(sw: &mut Switch) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sw.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = Instant::now();
+    loop {
+        if let Some(st) = sw.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "vm-switch ignored SIGTERM; log:\n{}",
+            sw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn fifos_and_badly_named_files_are_skipped_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    let mut sw = Switch::start(&dir, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    nix::unistd::mkfifo(&dir.join("u.json"), mode).unwrap();
+    let outside = tmp.path().join("fifo");
+    nix::unistd::mkfifo(&outside, mode).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("v.json")).unwrap();
+    let long = format!("{}.json", "a".repeat(200));
+    for odd in ["n o.json", "\u{dc}.json", ".json", long.as_str()] {
+        std::fs::write(dir.join(odd), "{}").unwrap();
+    }
+    // Main is still responsive: a valid peer added afterwards is served.
+    write_peer(
+        &dir,
+        "alpha",
+        r#"{"name":"alpha","mac":"52:54:00:00:00:01","ipv4":["10.9.0.1/24"]}"#,
+    );
+    wait_for("alpha.sock", || is_socket(&dir.join("alpha.sock")));
+    for (file, why) in [
+        ("u.json", "not a regular file (FIFO)"),
+        ("v.json", "not a regular file (FIFO)"),
+        ("n o.json", "not a valid VM name"),
+        ("\u{dc}.json", "not a valid VM name"),
+        ("/.json", "empty"),
+        (long.as_str(), "200 bytes long"),
+    ] {
+        wait_for(&format!("a warning naming {file}"), || {
+            sw.log()
+                .lines()
+                .any(|l| l.contains(file) && l.contains(why))
+        });
+    }
+    assert_eq!(sw.children().len(), 1);
+    let st = sigterm_and_wait(&mut sw);
+    assert!(st.success(), "{st:?}");
+}
+
+#[test]
+fn a_second_instance_on_the_same_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    write_peer(
+        &dir,
+        "alpha",
+        r#"{"name":"alpha","mac":"52:54:00:00:00:01","ipv4":["10.9.0.1/24"]}"#,
+    );
+    let sw = Switch::start(&dir, &[]);
+    wait_for("alpha.sock", || is_socket(&dir.join("alpha.sock")));
+    wait_for("child", || sw.children().len() == 1);
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(dir.join("alpha.sock")).unwrap().ino();
+    for sandbox in [true, false] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm-switch"));
+        cmd.args(["--log-level", "info", "-d"]).arg(&dir);
+        if !sandbox {
+            cmd.arg("--no-sandbox");
+        }
+        let mut second = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let t = Instant::now();
+        while second.try_wait().unwrap().is_none() {
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = second.kill();
+                panic!("the second vm-switch kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = second.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("another vm-switch") && err.contains(".vm-switch.lock"),
+            "{err}"
+        );
+    }
+    assert!(
+        is_socket(&dir.join("alpha.sock")),
+        "first one's socket kept"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("alpha.sock")).unwrap().ino(),
+        ino
+    );
+    assert_eq!(sw.children().len(), 1);
+}
+
+#[test]
+fn only_stale_sockets_are_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    // A regular file and a socket someone listens on sit where peers' sockets would go; a
+    // socket nobody listens on is left over from a killed vm-switch.
+    std::fs::write(dir.join("c.sock"), "user data").unwrap();
+    let live = std::os::unix::net::UnixListener::bind(dir.join("d.sock")).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(dir.join("e.sock")).unwrap());
+    let mut sw = Switch::start(&dir, &[]);
+    for (i, n) in ["c", "d", "e"].iter().enumerate() {
+        write_peer(
+            &dir,
+            n,
+            &format!(r#"{{"name":"{n}","mac":"52:54:00:00:00:0{}"}}"#, i + 1),
+        );
+    }
+    wait_for("e served on a fresh socket", || {
+        sw.children().iter().any(|(_, t)| t.ends_with(": e"))
+    });
+    wait_for("errors naming c.sock and d.sock", || {
+        let log = sw.log();
+        log.lines()
+            .any(|l| l.contains("c.sock") && l.contains("not a socket"))
+            && log
+                .lines()
+                .any(|l| l.contains("d.sock") && l.contains("another process is listening"))
+    });
+    assert_eq!(
+        std::fs::read_to_string(dir.join("c.sock")).unwrap(),
+        "user data"
+    );
+    assert_eq!(sw.children().len(), 1, "c and d are not served");
+    // Once the file is moved away, c is served.
+    std::fs::rename(dir.join("c.sock"), tmp.path().join("saved")).unwrap();
+    wait_for("c served", || {
+        sw.children().iter().any(|(_, t)| t.ends_with(": c"))
+    });
+    // Someone replaces c's socket with their own file: shutdown leaves it alone.
+    std::fs::remove_file(dir.join("c.sock")).unwrap();
+    std::fs::write(dir.join("c.sock"), "mine").unwrap();
+    let st = sigterm_and_wait(&mut sw);
+    assert!(st.success(), "{st:?}");
+    assert_eq!(std::fs::read_to_string(dir.join("c.sock")).unwrap(), "mine");
+    assert!(
+        is_socket(&dir.join("d.sock")),
+        "the live socket is untouched"
+    );
+    assert!(!dir.join("e.sock").exists(), "its own socket is removed");
+    drop(live);
+}
+
+#[test]
+fn a_peer_reusing_a_mac_or_address_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    write_peer(
+        &dir,
+        "alpha",
+        r#"{"name":"alpha","mac":"52:54:00:00:00:01","ipv4":["10.9.0.1/24"],"ipv6":["fd00::1/64"]}"#,
+    );
+    let sw = Switch::start(&dir, &[]);
+    wait_for("alpha.sock", || is_socket(&dir.join("alpha.sock")));
+    write_peer(
+        &dir,
+        "beta",
+        r#"{"name":"beta","mac":"52:54:00:00:00:01","ipv4":["10.9.0.2/24"]}"#,
+    );
+    write_peer(
+        &dir,
+        "gamma",
+        r#"{"name":"gamma","mac":"52:54:00:00:00:03","ipv4":["10.9.0.1/32"]}"#,
+    );
+    write_peer(
+        &dir,
+        "delta",
+        r#"{"name":"delta","mac":"52:54:00:00:00:04","ipv6":["fd00::1/128"]}"#,
+    );
+    for (n, what) in [
+        ("beta", "mac 52:54:00:00:00:01"),
+        ("gamma", "ipv4 address 10.9.0.1"),
+        ("delta", "ipv6 address fd00::1"),
+    ] {
+        wait_for(&format!("{n} refused"), || {
+            sw.log().lines().any(|l| {
+                l.contains(&format!("{n}.json"))
+                    && l.contains(what)
+                    && l.contains("\"alpha\"")
+                    && l.contains("not served")
+            })
+        });
+    }
+    assert!(!dir.join("beta.sock").exists());
+    assert!(!dir.join("gamma.sock").exists());
+    assert!(!dir.join("delta.sock").exists());
+    assert_eq!(sw.children().len(), 1);
+    // Once alpha is gone the clash is gone: the others are served (all three are mutually
+    // compatible).
+    std::fs::remove_file(dir.join("alpha.json")).unwrap();
+    wait_for("beta, gamma and delta served", || {
+        ["beta", "gamma", "delta"]
+            .iter()
+            .all(|n| is_socket(&dir.join(format!("{n}.sock"))))
+    });
+}
