@@ -296,41 +296,41 @@ fn vm(issues: &Issues, path: String, value: &Value) -> Vm {
         },
         root_overlay: RootOverlay {
             kind: overlay
-                .parsed("type", |t| match t {
-                    "qcow2" => Ok(OverlayType::Qcow2),
-                    "tmpfs" => Ok(OverlayType::Tmpfs),
-                    _ => Err(format!(
-                        "{t:?} is not an overlay type; allowed: \"qcow2\", \"tmpfs\""
-                    )),
-                })
+                .choice(
+                    "type",
+                    "an overlay type",
+                    &[("qcow2", OverlayType::Qcow2), ("tmpfs", OverlayType::Tmpfs)],
+                )
                 .unwrap_or(OverlayType::Qcow2),
             size,
         },
         wayland_proxy: o
-            .parsed("waylandProxy", |t| match t {
-                "wayland-proxy-virtwl" => Ok(WaylandProxy::Virtwl),
-                "sommelier" => Ok(WaylandProxy::Sommelier),
-                _ => Err(format!(
-                    "{t:?} is not a Wayland proxy; allowed: \"wayland-proxy-virtwl\", \"sommelier\""
-                )),
-            })
+            .choice(
+                "waylandProxy",
+                "a Wayland proxy",
+                &[
+                    ("wayland-proxy-virtwl", WaylandProxy::Virtwl),
+                    ("sommelier", WaylandProxy::Sommelier),
+                ],
+            )
             .unwrap_or(WaylandProxy::Virtwl),
         vmm: o
-            .parsed("vmm", |t| match t {
-                "crosvm" => Ok(Vmm::Crosvm),
-                "qemu" => Ok(Vmm::Qemu),
-                _ => Err(format!("{t:?} is not a VMM; allowed: \"crosvm\", \"qemu\"")),
-            })
+            .choice(
+                "vmm",
+                "a VMM",
+                &[("crosvm", Vmm::Crosvm), ("qemu", Vmm::Qemu)],
+            )
             .unwrap_or(Vmm::Crosvm),
         vsock: Vsock {
             transport: vsock
-                .parsed("transport", |t| match t {
-                    "vhost-vsock" => Ok(VsockTransport::VhostVsock),
-                    "vhost-user" => Ok(VsockTransport::VhostUser),
-                    _ => Err(format!(
-                        "{t:?} is not a vsock transport; allowed: \"vhost-vsock\", \"vhost-user\""
-                    )),
-                })
+                .choice(
+                    "transport",
+                    "a vsock transport",
+                    &[
+                        ("vhost-vsock", VsockTransport::VhostVsock),
+                        ("vhost-user", VsockTransport::VhostUser),
+                    ],
+                )
                 .unwrap_or(VsockTransport::VhostVsock),
         },
     }
@@ -383,13 +383,14 @@ fn interface(o: &Obj<'_>) -> Interface {
     });
     Interface {
         kind: o
-            .parsed("type", |t| match t {
-                "tap" => Ok(InterfaceType::Tap),
-                "vm-switch" => Ok(InterfaceType::VmSwitch),
-                _ => Err(format!(
-                    "{t:?} is not an interface type; allowed: \"tap\", \"vm-switch\""
-                )),
-            })
+            .choice(
+                "type",
+                "an interface type",
+                &[
+                    ("tap", InterfaceType::Tap),
+                    ("vm-switch", InterfaceType::VmSwitch),
+                ],
+            )
             .unwrap_or(InterfaceType::VmSwitch),
         mac_address: o.parsed("macAddress", MacAddr::parse),
         tap: Tap {
@@ -494,19 +495,41 @@ fn required_str<'a>(
     }
 }
 
-fn disk(issues: &Issues, path: &str, value: &Value) -> Option<Disk> {
-    let map = free_form(issues, path, value)?;
-    let options = scalar_options(issues, path, map, BLOCK_OPTIONS, &["path"], "--block");
-    let at = crate::config::reader::join(path, "path");
-    let file = required_str(issues, path, map, "path", "the disk image or block device")?;
-    if file.contains(',') {
+/// A required absolute path in a free-form crosvm attrset, which must not contain `separator`
+/// (crosvm splits the flag's value on it).
+fn required_path(
+    issues: &Issues,
+    path: &str,
+    map: &serde_json::Map<String, Value>,
+    key: &str,
+    what: &str,
+    separator: char,
+    flag: &str,
+) -> Option<PathBuf> {
+    let at = crate::config::reader::join(path, key);
+    let text = required_str(issues, path, map, key, what)?;
+    if text.contains(separator) {
         issues.push(
             at,
-            format!("{file:?} contains a comma, which crosvm's --block cannot take"),
+            format!("{text:?} contains {separator:?}, which separates crosvm's {flag} fields"),
         );
         return None;
     }
-    let file = parse_at(issues, &at, file, absolute_path)?;
+    parse_at(issues, &at, text, absolute_path)
+}
+
+fn disk(issues: &Issues, path: &str, value: &Value) -> Option<Disk> {
+    let map = free_form(issues, path, value)?;
+    let options = scalar_options(issues, path, map, BLOCK_OPTIONS, &["path"], "--block");
+    let file = required_path(
+        issues,
+        path,
+        map,
+        "path",
+        "the disk image or block device",
+        ',',
+        "--block",
+    )?;
     if let Some(Scalar::Str(id)) = options.get("id")
         && id.len() > 20
     {
@@ -627,20 +650,15 @@ fn shared_directory(issues: &Issues, path: &str, value: &Value) -> Option<Shared
         &["path", "tag", "id"],
         "--shared-dir",
     );
-    let dir = required_str(issues, path, map, "path", "the host directory to share")?;
-    let dir = parse_at(
+    let dir = required_path(
         issues,
-        &crate::config::reader::join(path, "path"),
-        dir,
-        absolute_path,
+        path,
+        map,
+        "path",
+        "the host directory to share",
+        ':',
+        "--shared-dir",
     )?;
-    if dir.to_string_lossy().contains(':') {
-        issues.push(
-            crate::config::reader::join(path, "path"),
-            "contains ':', which separates crosvm's --shared-dir fields",
-        );
-        return None;
-    }
     let tag_key = match (map.contains_key("tag"), map.contains_key("id")) {
         (true, true) => {
             issues.push(path, "give the mount tag as `tag` or `id`, not both");
@@ -739,20 +757,15 @@ fn vhost_user(issues: &Issues, path: &str, value: &Value) -> Option<VhostUser> {
         );
         return None;
     }
-    let socket = required_str(issues, path, map, "socket", "the backend's unix socket")?;
-    let socket = parse_at(
+    let socket = required_path(
         issues,
-        &crate::config::reader::join(path, "socket"),
-        socket,
-        absolute_path,
+        path,
+        map,
+        "socket",
+        "the backend's unix socket",
+        ',',
+        "--vhost-user",
     )?;
-    if socket.to_string_lossy().contains(',') {
-        issues.push(
-            crate::config::reader::join(path, "socket"),
-            "contains a comma, which crosvm's --vhost-user cannot take",
-        );
-        return None;
-    }
     Some(VhostUser {
         kind: kind.to_owned(),
         socket,

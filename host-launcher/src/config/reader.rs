@@ -281,6 +281,28 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// One of a closed set of strings, mapped to its value; the error lists what is allowed.
+    pub(crate) fn choice<T: Copy>(
+        &self,
+        key: &str,
+        what: &str,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        self.parsed(key, |t| {
+            options
+                .iter()
+                .find(|(name, _)| *name == t)
+                .map(|(_, value)| *value)
+                .ok_or_else(|| {
+                    let allowed: Vec<String> = options
+                        .iter()
+                        .map(|(name, _)| format!("{name:?}"))
+                        .collect();
+                    format!("{t:?} is not {what}; allowed: {}", allowed.join(", "))
+                })
+        })
+    }
+
     /// A string parsed by `parse`, whose error text explains what is allowed.
     pub(crate) fn parsed<T>(
         &self,

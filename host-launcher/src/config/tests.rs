@@ -184,6 +184,30 @@ const CASES: &[Case] = &[
         "at most 12",
     ),
     (
+        "comma in a disk path",
+        |d| {
+            d["nixosVms"][0]["additionalDisks"] = json!([{"path": "/tmp/a,ro=false"}]);
+        },
+        "nixosVms[0].additionalDisks[0].path",
+        "contains ',', which separates crosvm's --block fields",
+    ),
+    (
+        "colon in a shared dir path",
+        |d| {
+            d["nixosVms"][0]["sharedDirectories"] = json!([{"path": "/srv/a:b", "tag": "x"}]);
+        },
+        "nixosVms[0].sharedDirectories[0].path",
+        "contains ':', which separates crosvm's --shared-dir fields",
+    ),
+    (
+        "comma in a vhost-user socket",
+        |d| {
+            d["nixosVms"][0]["vhostUser"] = json!([{"type": "fs", "socket": "/run/a,b.sock"}]);
+        },
+        "nixosVms[0].vhostUser[0].socket",
+        "separates crosvm's --vhost-user fields",
+    ),
+    (
         "missing name",
         |d| {
             d["nixosVms"][2].as_object_mut().unwrap().remove("name");
