@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackendMut, VringEpollHandler, VringRwLock, VringState, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
@@ -18,8 +18,6 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
@@ -27,6 +25,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::control::{self, ControlError};
 use crate::datapath::{self, Datapath, Delivery, EV_CTL, EV_TIMER, MAX_FRAME, Reg, VNET_HDR};
 use crate::offload::{self, Adapted, Offloads};
+use crate::vq::{Chain, Fault, GuestRam, SplitQueue};
 
 /// Largest queue size accepted (the virtio maximum for split queues).
 pub const MAX_QUEUE_SIZE: usize = 32768;
@@ -64,7 +63,10 @@ const MAX_BACKLOG: usize = 128;
 pub struct NetBackend {
     dp: Datapath,
     ctl: OwnedFd,
-    mem: Option<GuestMem>,
+    /// Guest RAM as host mappings, rebuilt on every memory table from the VMM.
+    ram: Option<Arc<GuestRam>>,
+    /// The guest acked VIRTIO_RING_F_INDIRECT_DESC.
+    indirect: bool,
     event_idx: bool,
     acked: u64,
     handler: Option<Arc<Handler>>,
@@ -90,7 +92,8 @@ impl NetBackend {
         NetBackend {
             dp,
             ctl,
-            mem: None,
+            ram: None,
+            indirect: false,
             event_idx: false,
             acked: 0,
             handler: None,
@@ -158,77 +161,73 @@ impl NetBackend {
 
     /// Read every available TX chain, switch the frames, and return the chains.
     pub fn process_tx(&mut self, txq: &VringRwLock) {
-        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+        let Some(ram) = self.ram.clone() else {
             return;
         };
         self.tx_paused = false;
-        let mut used_any = false;
-        // One lock for the whole batch: only this worker thread touches the queue while it runs.
+        // One lock for the whole run: only this worker thread touches the queue while it runs.
         let mut st = txq.get_mut();
+        let Ok(mut sq) = SplitQueue::open(&ram, st.get_queue(), self.indirect) else {
+            return;
+        };
+        let mut notify = false;
         loop {
-            if self.event_idx {
-                let _ = st.disable_notification();
-            }
-            // Batches: the avail index is read once per batch and the used entries are
-            // published after it, with the guest memory already loaded.
-            let mut more = true;
-            while more && !self.tx_paused {
-                let mut heads = [0u16; TX_BATCH];
-                let mut n = 0;
-                let q = st.get_queue_mut();
-                let Ok(mut avail) = q.iter(mem.clone()) else {
+            sq.disable_notification();
+            let mut in_batch = 0;
+            while !self.tx_paused {
+                if self.dp.tx_blocked() {
+                    // Back-pressure: leave the rest in the guest's ring until the full
+                    // destination frees space (its space eventfd resumes us).
+                    self.tx_paused = true;
                     break;
-                };
-                while n < TX_BATCH {
-                    if self.dp.tx_blocked() {
-                        // Back-pressure: leave the rest in the guest's ring until the full
-                        // destination frees space (its space eventfd resumes us).
-                        self.tx_paused = true;
-                        break;
-                    }
-                    let Some(chain) = avail.next() else {
-                        more = false;
-                        break;
-                    };
-                    heads[n] = chain.head_index();
-                    n += 1;
-                    if self.seccomp_probe {
-                        tracing::warn!("seccomp probe: calling socket(), which children may not");
-                        // SAFETY: a plain socket() call; under the child filter it never returns.
-                        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
-                        if fd >= 0 {
-                            // SAFETY: closing the descriptor we just got (seccomp was off).
-                            unsafe { libc::close(fd) };
-                        }
-                        self.seccomp_probe = false;
-                    }
-                    match read_chain(&mem, chain, &mut self.scratch) {
-                        Ok(()) => {
-                            // Only offloads this guest negotiated, with sane offsets, may reach
-                            // another guest.
-                            if offload::validate(&mut self.scratch, self.offloads) {
-                                self.dp.from_guest(&mut self.scratch);
-                            } else {
-                                self.guest_errors.bad_offload_headers += 1;
-                            }
-                        }
-                        Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
-                        Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
-                    }
                 }
-                drop(avail);
-                for &head in &heads[..n] {
-                    if q.add_used(&*mem, head, 0).is_err() {
+                let head = match sq.pop() {
+                    None => break,
+                    Some(Ok(head)) => head,
+                    Some(Err(Fault)) => {
                         self.guest_errors.bad_chains += 1;
+                        break;
                     }
-                    used_any = true;
+                };
+                if self.seccomp_probe {
+                    tracing::warn!("seccomp probe: calling socket(), which children may not");
+                    // SAFETY: a plain socket() call; under the child filter it never returns.
+                    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+                    if fd >= 0 {
+                        // SAFETY: closing the descriptor we just got (seccomp was off).
+                        unsafe { libc::close(fd) };
+                    }
+                    self.seccomp_probe = false;
+                }
+                match read_chain(&ram, sq.chain(head), &mut self.scratch) {
+                    Ok(()) => {
+                        // Only offloads this guest negotiated, with sane offsets, may reach
+                        // another guest.
+                        if offload::validate(&mut self.scratch, self.offloads) {
+                            self.dp.from_guest(&mut self.scratch);
+                        } else {
+                            self.guest_errors.bad_offload_headers += 1;
+                        }
+                    }
+                    Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
+                    Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
+                }
+                sq.add_used(head, 0);
+                in_batch += 1;
+                if in_batch == TX_BATCH {
+                    // Give the guest its buffers back and wake the destinations in batches.
+                    notify |= sq.publish_and_check();
+                    self.dp.flush();
+                    in_batch = 0;
                 }
             }
-            if self.tx_paused || !self.event_idx || !st.enable_notification().unwrap_or(false) {
+            if self.tx_paused || sq.is_broken() || !sq.enable_notification() {
                 break;
             }
         }
-        if used_any && st.needs_notification().unwrap_or(true) {
+        notify |= sq.publish_and_check();
+        sq.finish(st.get_queue_mut());
+        if notify {
             let _ = st.signal_used_queue();
         }
         drop(st);
@@ -255,28 +254,26 @@ impl NetBackend {
 
     /// Move waiting frames into the guest's RX buffers.
     pub fn deliver(&mut self, rxq: &VringRwLock) {
-        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+        let Some(ram) = self.ram.clone() else {
             return;
         };
-        if !rxq.get_ref().get_queue().ready() {
-            return;
-        }
-        let mut used_any = false;
         let neg = self.offloads;
         let mrg = self.mrg_rxbuf;
         let mut guard = rxq.get_mut();
-        let st = &mut *guard;
+        let Ok(mut view) = SplitQueue::open(&ram, guard.get_queue(), self.indirect) else {
+            return;
+        };
+        let sq = &mut view;
+        let ram = &*ram;
         loop {
             let mut ran_out = false;
             // Segments left over from an earlier super-frame go first.
             while let Some(mut f) = self.backlog.pop_front() {
-                match write_frame(st, &mem, &mut f, mrg, &mut self.guest_errors) {
-                    Delivery::NoBuffer => {
-                        self.backlog.push_front(f);
-                        ran_out = true;
-                        break;
-                    }
-                    _ => used_any = true,
+                if write_frame(sq, ram, &mut f, mrg, &mut self.guest_errors) == Delivery::NoBuffer
+                {
+                    self.backlog.push_front(f);
+                    ran_out = true;
+                    break;
                 }
             }
             if !ran_out {
@@ -289,10 +286,9 @@ impl NetBackend {
                     }
                     match offload::adapt_in_place(frame, neg) {
                         Adapted::AsIs => {
-                            let d = write_frame(st, &mem, frame, mrg, errors);
-                            match d {
-                                Delivery::NoBuffer => ran_out = true,
-                                _ => used_any = true,
+                            let d = write_frame(sq, ram, frame, mrg, errors);
+                            if d == Delivery::NoBuffer {
+                                ran_out = true;
                             }
                             d
                         }
@@ -304,12 +300,11 @@ impl NetBackend {
                             // The frame is consumed; segments that do not fit wait here.
                             for mut seg in segs {
                                 if backlog.is_empty() {
-                                    match write_frame(st, &mem, &mut seg, mrg, errors) {
-                                        Delivery::NoBuffer => {
-                                            ran_out = true;
-                                            backlog.push_back(seg);
-                                        }
-                                        _ => used_any = true,
+                                    if write_frame(sq, ram, &mut seg, mrg, errors)
+                                        == Delivery::NoBuffer
+                                    {
+                                        ran_out = true;
+                                        backlog.push_back(seg);
                                     }
                                 } else if backlog.len() < MAX_BACKLOG {
                                     backlog.push_back(seg);
@@ -324,17 +319,19 @@ impl NetBackend {
             if !ran_out {
                 // Nothing is waiting for buffers: the guest need not kick us when it adds some
                 // (new frames wake us through the ingress rings instead).
-                let _ = st.disable_notification();
+                sq.disable_notification();
                 break;
             }
             // Out of buffers: ask for a kick when some are added; if some arrived meanwhile,
             // go again.
-            if !st.enable_notification().unwrap_or(false) {
+            if sq.is_broken() || !sq.enable_notification() {
                 break;
             }
         }
-        if used_any && st.needs_notification().unwrap_or(true) {
-            let _ = st.signal_used_queue();
+        let notify = view.publish_and_check();
+        view.finish(guard.get_queue_mut());
+        if notify {
+            let _ = guard.signal_used_queue();
         }
     }
 }
@@ -342,26 +339,25 @@ impl NetBackend {
 enum ChainFault {
     /// Zero, too short or too long.
     Length,
-    /// A descriptor outside guest memory.
+    /// A descriptor outside guest memory, or a broken chain.
     Memory,
 }
 
-/// Copy the device-readable part of a TX chain into `buf` (no intermediate allocation).
-fn read_chain(
-    mem: &vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
-    chain: virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>>,
-    buf: &mut Vec<u8>,
-) -> Result<(), ChainFault> {
+/// Copy the device-readable part of a TX chain (up to its first device-writable descriptor)
+/// into `buf`.
+fn read_chain(ram: &GuestRam, chain: Chain<'_>, buf: &mut Vec<u8>) -> Result<(), ChainFault> {
     buf.clear();
-    for desc in chain.readable() {
-        let len = desc.len() as usize;
-        let off = buf.len();
-        if off + len > MAX_FRAME {
+    for d in chain {
+        let d = d.map_err(|Fault| ChainFault::Memory)?;
+        if d.is_write() {
+            break;
+        }
+        let len = d.len as usize;
+        if buf.len() + len > MAX_FRAME {
             return Err(ChainFault::Length);
         }
-        buf.resize(off + len, 0);
-        mem.read_slice(&mut buf[off..], desc.addr())
-            .map_err(|_| ChainFault::Memory)?;
+        ram.read_append(d.addr, len, buf)
+            .map_err(|Fault| ChainFault::Memory)?;
     }
     if buf.len() < VNET_HDR {
         return Err(ChainFault::Length);
@@ -375,8 +371,8 @@ const MAX_MERGE: usize = 64;
 /// Write one frame (virtio-net header included) into the guest's RX queue, across several
 /// buffers when mergeable RX buffers were negotiated. No allocation.
 fn write_frame(
-    rxq: &mut VringState<GuestMem>,
-    mem: &vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
+    sq: &mut SplitQueue<'_>,
+    ram: &GuestRam,
     frame: &mut [u8],
     mrg: bool,
     errors: &mut GuestErrors,
@@ -384,39 +380,48 @@ fn write_frame(
     let mut used = [(0u16, 0u32); MAX_MERGE];
     let mut n_used = 0usize;
     let mut off = 0usize;
-    let mut hdr_at: Option<vm_memory::GuestAddress> = None;
-    let give_back = |rxq: &mut VringState<GuestMem>, used: &[(u16, u32)]| {
+    let mut hdr_at: Option<u64> = None;
+    let give_back = |sq: &mut SplitQueue<'_>, used: &[(u16, u32)]| {
         for &(head, _) in used {
-            let _ = rxq.get_queue_mut().add_used(&**mem, head, 0);
+            sq.add_used(head, 0);
         }
     };
     while off < frame.len() {
-        let chain = rxq.get_queue_mut().pop_descriptor_chain(mem.clone());
-        let Some(chain) = chain else {
-            // Not enough buffers yet: give back what we took (nothing was reported used) and
-            // wait for more.
-            let q = rxq.get_queue_mut();
-            let next = q.next_avail().wrapping_sub(n_used as u16);
-            q.set_next_avail(next);
-            return Delivery::NoBuffer;
+        let head = match sq.pop() {
+            Some(Ok(head)) => head,
+            found => {
+                if found.is_some() {
+                    errors.bad_chains += 1;
+                }
+                // Not enough buffers yet (or a broken ring): give back what we took (nothing
+                // was reported used) and wait for more.
+                sq.unpop(n_used as u16);
+                return Delivery::NoBuffer;
+            }
         };
-        let head = chain.head_index();
         let mut written = 0usize;
         let mut fault = false;
-        for desc in chain.writable() {
+        for d in sq.chain(head) {
+            let Ok(d) = d else {
+                fault = true;
+                break;
+            };
+            if !d.is_write() {
+                continue;
+            }
             if off + written == frame.len() {
                 break;
             }
             if hdr_at.is_none() {
-                if (desc.len() as usize) < VNET_HDR {
+                if (d.len as usize) < VNET_HDR {
                     fault = true;
                     break;
                 }
-                hdr_at = Some(desc.addr());
+                hdr_at = Some(d.addr);
             }
-            let n = (desc.len() as usize).min(frame.len() - off - written);
-            if mem
-                .write_slice(&frame[off + written..off + written + n], desc.addr())
+            let n = (d.len as usize).min(frame.len() - off - written);
+            if ram
+                .write(d.addr, &frame[off + written..off + written + n])
                 .is_err()
             {
                 fault = true;
@@ -426,8 +431,8 @@ fn write_frame(
         }
         if fault || written == 0 || n_used == MAX_MERGE {
             errors.bad_chains += u64::from(fault || written == 0);
-            let _ = rxq.get_queue_mut().add_used(&**mem, head, 0);
-            give_back(rxq, &used[..n_used]);
+            sq.add_used(head, 0);
+            give_back(sq, &used[..n_used]);
             return Delivery::Dropped;
         }
         used[n_used] = (head, written as u32);
@@ -435,19 +440,19 @@ fn write_frame(
         off += written;
         if !mrg && off < frame.len() {
             errors.small_rx_buffers += 1;
-            give_back(rxq, &used[..n_used]);
+            give_back(sq, &used[..n_used]);
             return Delivery::Dropped;
         }
     }
     // num_buffers (the last field of the header) now that the count is known.
     if let Some(at) = hdr_at {
         let nb = (n_used as u16).to_le_bytes();
-        if mem.write_slice(&nb, at.unchecked_add(10)).is_err() {
+        if at.checked_add(10).is_none_or(|a| ram.write(a, &nb).is_err()) {
             errors.bad_chains += 1;
         }
     }
     for &(head, len) in &used[..n_used] {
-        let _ = rxq.get_queue_mut().add_used(&**mem, head, len);
+        sq.add_used(head, len);
     }
     Delivery::Delivered
 }
@@ -496,6 +501,7 @@ impl VhostUserBackendMut for NetBackend {
             rx_ecn: has(VIRTIO_NET_F_GUEST_ECN),
         };
         self.mrg_rxbuf = has(VIRTIO_NET_F_MRG_RXBUF);
+        self.indirect = has(VIRTIO_RING_F_INDIRECT_DESC);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -523,7 +529,7 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn update_memory(&mut self, mem: GuestMem) -> std::io::Result<()> {
-        self.mem = Some(mem);
+        self.ram = Some(Arc::new(GuestRam::new(mem.memory().into_inner())));
         Ok(())
     }
 
@@ -667,7 +673,7 @@ mod tests {
         let mem = GuestMemoryAtomic::new(gm.clone());
         let rxq = vring_for(&vq, &mem);
         let (mut b, _peer) = backend();
-        b.update_memory(mem).unwrap();
+        b.update_memory(mem.clone()).unwrap();
         // Proxy ARP replies are the frames our own guest gets without any peer: ask three times.
         let gm2 = gm.clone();
         let txvq = MockSplitQueue::create(&gm2, GuestAddress(0x8_0000), 16);
@@ -713,7 +719,7 @@ mod tests {
             )
             .unwrap();
         }
-        let txq = vring_for(&txvq, b.mem.as_ref().unwrap());
+        let txq = vring_for(&txvq, &mem);
         b.process_tx(&txq);
         b.deliver(&rxq);
         assert_eq!(vq.used().idx().load(), 3, "all three RX chains consumed");

@@ -20,7 +20,8 @@
 //! - [`child`]: a child's life: serve one VMM connection, then exit;
 //! - [`supervisor`]: main's loop: directory watch, fork, ring brokering, restarts;
 //! - [`sandbox`]: namespaces, pivot_root and seccomp;
-//! - [`title`]: process titles `vm-switch(<net>): <vm>`.
+//! - [`title`]: process titles `vm-switch(<net>): <vm>`;
+//! - [`vq`]: guest RAM and split virtqueues through host pointers, for the frame path.
 
 pub mod args;
 pub mod backend;
@@ -37,6 +38,7 @@ pub mod ring;
 pub mod sandbox;
 pub mod supervisor;
 pub mod title;
+pub mod vq;
 
 use args::Args;
 
