@@ -269,8 +269,7 @@ impl NetBackend {
             let mut ran_out = false;
             // Segments left over from an earlier super-frame go first.
             while let Some(mut f) = self.backlog.pop_front() {
-                if write_frame(sq, ram, &mut f, mrg, &mut self.guest_errors) == Delivery::NoBuffer
-                {
+                if write_frame(sq, ram, &mut f, mrg, &mut self.guest_errors) == Delivery::NoBuffer {
                     self.backlog.push_front(f);
                     ran_out = true;
                     break;
@@ -447,7 +446,10 @@ fn write_frame(
     // num_buffers (the last field of the header) now that the count is known.
     if let Some(at) = hdr_at {
         let nb = (n_used as u16).to_le_bytes();
-        if at.checked_add(10).is_none_or(|a| ram.write(a, &nb).is_err()) {
+        if at
+            .checked_add(10)
+            .is_none_or(|a| ram.write(a, &nb).is_err())
+        {
             errors.bad_chains += 1;
         }
     }

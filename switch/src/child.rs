@@ -118,6 +118,12 @@ pub fn run(spec: ChildSpec) -> Result<(), ChildError> {
     drop(listener);
     drop(spec.listener);
     relay::spawn(vmm, client).map_err(io_err("relay threads"))?;
+    // The worker now reads the control socket: ask main for rings with the serving peers.
+    // SAFETY: `ctl_fd` belongs to the backend, which lives until this function returns.
+    let ctl = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl_fd) };
+    if let Err(e) = crate::control::send(ctl, &crate::control::Msg::Serving, &[]) {
+        tracing::warn!(vm = %vm, error = %crate::error_chain(&e), "cannot tell main we serve");
+    }
     // Everything that needs files or sockets is done: lock the process down (all threads).
     sandbox::apply_seccomp(sandbox::Role::Child, spec.seccomp).map_err(ChildError::Seccomp)?;
     match daemon.wait() {

@@ -3,7 +3,13 @@
 //! Each datagram is one JSON-encoded [`Msg`] of at most [`MAX_MSG`] bytes; messages that carry a
 //! ring carry exactly three descriptors (memfd, data eventfd, space eventfd, see [`crate::ring`]).
 //!
-//! Buffer exchange, for every ordered pair of live children (A receives from B):
+//! A child sends [`Msg::Serving`] once its VMM connected and its worker reads the control
+//! socket. Main brokers rings only between serving children: a VM that is not running holds no
+//! rings, and no descriptors pile up in flight waiting for a child that is not reading (with
+//! many peers that ran into the kernel's per-user limit on descriptors in flight,
+//! `ETOOMANYREFS`).
+//!
+//! Buffer exchange, for every ordered pair of serving children (A receives from B):
 //! 1. main → A: [`Msg::GetBuffer`] naming B (with B's peer config and child generation);
 //! 2. A creates the ring, keeps the consumer end, and answers [`Msg::BufferReady`] + 3 fds;
 //! 3. main → B: [`Msg::PutBuffer`] naming A + the same 3 fds; B maps A's ring as an egress target.
@@ -57,6 +63,8 @@ pub enum Msg {
         /// The new config.
         me: PeerConfig,
     },
+    /// child → main: the VMM connected and this child reads its control socket now.
+    Serving,
     /// main → child: forget a peer and its rings.
     RemovePeer {
         /// Peer name.

@@ -207,7 +207,7 @@ impl Datapath {
                             generation,
                         };
                         if let Err(e) = control::send_ring(ctl, &reply, &fds) {
-                            tracing::warn!(peer = %name, error = %e, "cannot send BufferReady");
+                            tracing::warn!(peer = %name, error = %crate::error_chain(&e), "cannot send BufferReady");
                         }
                         self.ingress.insert(slot, Ingress { cons, stash: None });
                     }
@@ -262,7 +262,7 @@ impl Datapath {
                 Vec::new()
             }
             Msg::RemovePeer { peer } => self.remove_slot(&peer),
-            Msg::BufferReady { .. } => Vec::new(),
+            Msg::BufferReady { .. } | Msg::Serving => Vec::new(),
         }
     }
 

@@ -65,6 +65,8 @@ fn setup(step: impl Into<String>) -> impl FnOnce(nix::Error) -> SupervisorError 
 struct Child {
     pid: Pid,
     ctl: OwnedFd,
+    /// Its VMM connected (the child said [`Msg::Serving`]): it takes part in ring exchange.
+    serving: bool,
 }
 
 struct Peer {
@@ -467,13 +469,13 @@ impl Supervisor {
                     p.child = Some(Child {
                         pid: child,
                         ctl: main_end,
+                        serving: false,
                     });
                     p.generation = generation;
                     p.spawns += 1;
                     p.started = Instant::now();
                     p.restart_at = None;
                 }
-                self.exchange_with(name);
             }
             Err(e) => {
                 tracing::error!(vm = %name, error = %e, "fork failed");
@@ -484,17 +486,21 @@ impl Supervisor {
         }
     }
 
-    /// Ask for rings in both directions between `name` and every other live child.
+    /// Ask for rings in both directions between `name` and every other serving child.
     fn exchange_with(&self, name: &str) {
         let Some(newp) = self.peers.get(name) else {
             return;
         };
-        let Some(newc) = &newp.child else { return };
+        let Some(newc) = newp.child.as_ref().filter(|c| c.serving) else {
+            return;
+        };
         for (n, p) in &self.peers {
             if n == name {
                 continue;
             }
-            let Some(c) = &p.child else { continue };
+            let Some(c) = p.child.as_ref().filter(|c| c.serving) else {
+                continue;
+            };
             // `n` receives from `name`.
             let _ = control::send(
                 c.ctl.as_fd(),
@@ -531,6 +537,17 @@ impl Supervisor {
             match control::recv(ctl) {
                 Ok((Msg::BufferReady { peer, generation }, fds)) => {
                     self.forward_ring(from, &peer, generation, fds);
+                }
+                Ok((Msg::Serving, _)) => {
+                    let newly = self
+                        .peers
+                        .get_mut(from)
+                        .and_then(|p| p.child.as_mut())
+                        .is_some_and(|c| !std::mem::replace(&mut c.serving, true));
+                    if newly {
+                        tracing::debug!(vm = %from, "child serving; exchanging rings");
+                        self.exchange_with(from);
+                    }
                 }
                 Ok((other, _)) => {
                     tracing::warn!(vm = %from, ?other, "unexpected message from child");
@@ -569,7 +586,7 @@ impl Supervisor {
             },
             &ring,
         ) {
-            tracing::warn!(receiver, sender, error = %e, "cannot pass ring");
+            tracing::warn!(receiver, sender, error = %crate::error_chain(&e), "cannot pass ring");
         }
     }
 

@@ -319,7 +319,10 @@ impl<'a> SplitQueue<'a> {
             }
         }
         let slot = usize::from(self.next_avail % self.size);
-        let head = u16::from_le(self.u16_at(self.avail, 4 + 2 * slot).load(Ordering::Relaxed));
+        let head = u16::from_le(
+            self.u16_at(self.avail, 4 + 2 * slot)
+                .load(Ordering::Relaxed),
+        );
         // The driver claims more entries than the ring holds, or names a descriptor that does
         // not exist.
         if self.avail_idx.wrapping_sub(self.next_avail) > self.size || head >= self.size {
@@ -527,7 +530,10 @@ mod tests {
         sq.add_used(a, 0);
         sq.add_used(b, 7);
         assert_eq!(vq.used().idx().load(), 0, "not yet published");
-        assert!(sq.publish_and_check(), "no EVENT_IDX, no NO_INTERRUPT: interrupt");
+        assert!(
+            sq.publish_and_check(),
+            "no EVENT_IDX, no NO_INTERRUPT: interrupt"
+        );
         assert_eq!(vq.used().idx().load(), 2);
         assert_eq!(vq.used().ring().ref_at(1).unwrap().load().len(), 7);
         sq.finish(&mut q);
@@ -544,6 +550,9 @@ mod tests {
         let mut sq = SplitQueue::open(&ram, &q, false).unwrap();
         assert_eq!(sq.pop(), Some(Err(Fault)));
         assert_eq!(sq.pop(), None, "a broken ring yields nothing more");
-        assert!(!sq.enable_notification(), "and never asks to be run again at once");
+        assert!(
+            !sq.enable_notification(),
+            "and never asks to be run again at once"
+        );
     }
 }

@@ -317,3 +317,70 @@ fn crosvm_rules_mq_config_mac_event_idx_and_any_queue_size() {
     }
     assert_eq!(got, 500, "log:\n{}", sw.log());
 }
+
+#[test]
+fn many_peers_at_once_exchange_rings_only_once_their_vms_connect() {
+    // 120 peer files before start-up, as after a restart of the switch: brokering rings between
+    // children whose VMs are not connected used to pile up ~43k descriptors in flight and hit
+    // the kernel's per-user limit (ETOOMANYREFS), losing rings.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..120u8 {
+        std::fs::write(
+            dir.join(format!("p{i:03}.json")),
+            format!(
+                r#"{{"name":"p{i:03}","mac":"52:54:00:00:01:{i:02x}","ipv4":["10.2.0.{}/24"]}}"#,
+                i + 1
+            ),
+        )
+        .unwrap();
+    }
+    let log = tmp.path().join("switch.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
+        .args(["--name", "many", "--log-level", "info", "--config-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let sw = Switch {
+        child,
+        dir,
+        log,
+        _tmp: tmp,
+    };
+    let t = Instant::now();
+    while !(0..120).all(|i| sw.sock(&format!("p{i:03}")).exists()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "sockets missing; log:\n{}",
+            sw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mac = |i: u8| [0x52, 0x54, 0, 0, 1, i];
+    let mut a = vm(&sw.sock("p007"));
+    let mut b = vm(&sw.sock("p099"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        send(&mut a, 20, mac(7), [10, 2, 0, 8], [10, 2, 0, 100], 0),
+        20
+    );
+    assert_eq!(
+        send(&mut b, 20, mac(99), [10, 2, 0, 100], [10, 2, 0, 8], 0),
+        20
+    );
+    let got_b = recv_for(&mut b, Duration::from_millis(800));
+    let got_a = recv_for(&mut a, Duration::from_millis(300));
+    let log = sw.log();
+    assert_eq!((got_a.len(), got_b.len()), (20, 20), "log:\n{log}");
+    for bad in [
+        "cannot pass ring",
+        "cannot send BufferReady",
+        "ERROR",
+        "WARN",
+    ] {
+        assert!(!log.contains(bad), "{bad:?} in the log:\n{log}");
+    }
+}
