@@ -261,11 +261,11 @@ impl PeerConfig {
     /// name-matches-stem check.
     pub fn from_json(file: &Path, text: &str) -> Result<PeerConfig, PeerFileError> {
         let raw: RawPeer = serde_json::from_str(text).map_err(|e| PeerFileError::Syntax {
-            file: file.to_path_buf(),
+            file: crate::sandbox::shown(file),
             message: e.to_string(),
         })?;
         let field = |field: String, message: String| PeerFileError::Field {
-            file: file.to_path_buf(),
+            file: crate::sandbox::shown(file),
             field,
             message,
         };
@@ -356,12 +356,12 @@ impl PeerConfig {
         use std::io::Read;
         use std::os::unix::fs::OpenOptionsExt;
         let read_err = |e: std::io::Error| PeerFileError::Read {
-            file: file.to_path_buf(),
+            file: crate::sandbox::shown(file),
             message: e.to_string(),
         };
         let not_regular = |m: &std::fs::Metadata| {
             (!m.is_file()).then(|| PeerFileError::NotRegular {
-                file: file.to_path_buf(),
+                file: crate::sandbox::shown(file),
                 kind: file_kind(m),
             })
         };
@@ -385,7 +385,7 @@ impl PeerConfig {
             .map_err(read_err)?;
         if text.len() as u64 > MAX_PEER_FILE_BYTES {
             return Err(PeerFileError::Read {
-                file: file.to_path_buf(),
+                file: crate::sandbox::shown(file),
                 message: format!("larger than {MAX_PEER_FILE_BYTES} bytes"),
             });
         }

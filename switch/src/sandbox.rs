@@ -397,7 +397,30 @@ pub fn enter(
     std::env::set_current_dir("/").map_err(io_err("chdir /"))?;
     umount2("/.old", MntFlags::MNT_DETACH).map_err(ns_err("detach the old root"))?;
     std::fs::remove_dir("/.old").map_err(io_err("rmdir /.old"))?;
-    settings.dir = std::path::PathBuf::from("/config");
+    let _ = SHOWN.set((
+        std::path::PathBuf::from(SANDBOX_DIR),
+        std::mem::replace(&mut settings.dir, std::path::PathBuf::from(SANDBOX_DIR)),
+    ));
     tracing::info!("sandbox entered: namespaces, pivot_root");
     Ok(settings)
+}
+
+/// Where the config directory appears inside the sandbox.
+const SANDBOX_DIR: &str = "/config";
+
+/// (path inside the sandbox, real path) of the config directory, once the sandbox is entered.
+static SHOWN: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> =
+    std::sync::OnceLock::new();
+
+/// `p` as the user knows it: paths under the sandbox's `/config` are shown under the real
+/// config directory, so messages name files the user can find.
+pub fn shown(p: &std::path::Path) -> std::path::PathBuf {
+    match SHOWN.get() {
+        Some((inside, real)) => match p.strip_prefix(inside) {
+            Ok(rest) if rest.as_os_str().is_empty() => real.clone(),
+            Ok(rest) => real.join(rest),
+            Err(_) => p.to_path_buf(),
+        },
+        None => p.to_path_buf(),
+    }
 }

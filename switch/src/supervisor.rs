@@ -105,7 +105,10 @@ impl Supervisor {
     pub fn run(mut self) -> Result<(), SupervisorError> {
         let dir = self.settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| SupervisorError::Setup {
-            step: format!("create config directory {}", dir.display()),
+            step: format!(
+                "create config directory {}",
+                crate::sandbox::shown(&dir).display()
+            ),
             source,
         })?;
         let mut mask = SigSet::empty();
@@ -126,8 +129,11 @@ impl Supervisor {
                 | AddWatchFlags::IN_CREATE
                 | AddWatchFlags::IN_ATTRIB,
         )
-        .map_err(setup(format!("watch {}", dir.display())))?;
-        tracing::info!(net = %self.settings.net, dir = %dir.display(), "vm-switch started");
+        .map_err(setup(format!(
+            "watch {}",
+            crate::sandbox::shown(&dir).display()
+        )))?;
+        tracing::info!(net = %self.settings.net, dir = %crate::sandbox::shown(&dir).display(), "vm-switch started");
         self.rescan();
         let mut last_scan = Instant::now();
         loop {
@@ -240,7 +246,7 @@ impl Supervisor {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot list config directory");
+                tracing::error!(dir = %crate::sandbox::shown(&dir).display(), error = %e, "cannot list config directory");
                 return;
             }
         };
@@ -251,7 +257,10 @@ impl Supervisor {
                 Some(Ok(name)) => name,
                 Some(Err(why)) => {
                     keep_reported.push(path.clone());
-                    self.report(&path, format!("{}: ignored: {why}", path.display()));
+                    self.report(
+                        &path,
+                        format!("{}: ignored: {why}", crate::sandbox::shown(&path).display()),
+                    );
                     continue;
                 }
             };
@@ -300,7 +309,7 @@ impl Supervisor {
                         &path,
                         format!(
                             "{}: peer {name:?} uses {what}, which peer {other:?} already has; {served}",
-                            path.display()
+                            crate::sandbox::shown(&path).display()
                         ),
                     );
                 }
@@ -344,12 +353,12 @@ impl Supervisor {
         let listener = UnixListener::bind(&sock_path).map_err(|e| {
             format!(
                 "{}: cannot create the vhost-user socket for peer {:?}: {e}",
-                sock_path.display(),
+                crate::sandbox::shown(&sock_path).display(),
                 cfg.name
             )
         })?;
         let sock_id = file_id(&sock_path);
-        tracing::info!(vm = %cfg.name, socket = %sock_path.display(), "peer added");
+        tracing::info!(vm = %cfg.name, socket = %crate::sandbox::shown(&sock_path).display(), "peer added");
         let name = cfg.name.clone();
         self.peers.insert(
             name.clone(),
@@ -673,7 +682,7 @@ fn remove_own_socket(path: &Path, id: Option<(u64, u64)>) {
     if ours {
         let _ = std::fs::remove_file(path);
     } else {
-        tracing::warn!(path = %path.display(), "socket was replaced by something else; left in place");
+        tracing::warn!(path = %crate::sandbox::shown(&path).display(), "socket was replaced by something else; left in place");
     }
 }
 
@@ -688,29 +697,33 @@ fn clear_stale_socket(path: &Path) -> Result<(), String> {
         Err(e) => {
             return Err(format!(
                 "{}: cannot inspect: {e}; peer not served",
-                path.display()
+                crate::sandbox::shown(&path).display()
             ));
         }
     };
     if !meta.file_type().is_socket() {
         return Err(format!(
             "{}: exists and is not a socket; not removing it, peer not served",
-            path.display()
+            crate::sandbox::shown(&path).display()
         ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(format!(
             "{}: another process is listening on this socket; peer not served",
-            path.display()
+            crate::sandbox::shown(&path).display()
         )),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            tracing::info!(path = %path.display(), "removing stale socket");
-            std::fs::remove_file(path)
-                .map_err(|e| format!("{}: cannot remove stale socket: {e}", path.display()))
+            tracing::info!(path = %crate::sandbox::shown(&path).display(), "removing stale socket");
+            std::fs::remove_file(path).map_err(|e| {
+                format!(
+                    "{}: cannot remove stale socket: {e}",
+                    crate::sandbox::shown(&path).display()
+                )
+            })
         }
         Err(e) => Err(format!(
             "{}: cannot check whether the socket is in use: {e}; peer not served",
-            path.display()
+            crate::sandbox::shown(&path).display()
         )),
     }
 }
@@ -732,7 +745,12 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&path)
-        .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot open lock file {}: {e}",
+                crate::sandbox::shown(&path).display()
+            )
+        })?;
     // SAFETY: flock on a descriptor we own; no memory is involved.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
@@ -740,11 +758,14 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
         return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             format!(
                 "another vm-switch is already serving {} (it holds the lock {})",
-                dir.display(),
-                path.display()
+                crate::sandbox::shown(&dir).display(),
+                crate::sandbox::shown(&path).display()
             )
         } else {
-            format!("cannot lock {}: {e}", path.display())
+            format!(
+                "cannot lock {}: {e}",
+                crate::sandbox::shown(&path).display()
+            )
         });
     }
     Ok(f)

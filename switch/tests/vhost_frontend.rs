@@ -384,3 +384,25 @@ fn many_peers_at_once_exchange_rings_only_once_their_vms_connect() {
         assert!(!log.contains(bad), "{bad:?} in the log:\n{log}");
     }
 }
+
+#[test]
+fn warnings_inside_the_sandbox_name_the_real_config_path() {
+    let sw = Switch::start(&[]);
+    let _a = vm(&sw.sock("a"));
+    std::fs::write(sw.dir.join("zz.json"), "{ not json").unwrap();
+    let real = sw.dir.join("zz.json").display().to_string();
+    let t = Instant::now();
+    while !sw.log().contains(&real) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{real} not named; log:\n{}",
+            sw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !sw.log().contains("/config/"),
+        "sandbox path leaked:\n{}",
+        sw.log()
+    );
+}
