@@ -23,8 +23,11 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::control::{self, ControlError};
-use crate::datapath::{self, Datapath, Delivery, EV_CTL, EV_TIMER, MAX_FRAME, Reg, VNET_HDR};
+use crate::datapath::{
+    self, Datapath, Delivery, EV_CTL, EV_TIMER, Incoming, MAX_FRAME, Reg, VNET_HDR,
+};
 use crate::offload::{self, Adapted, Offloads};
+use crate::ring::Shared;
 use crate::vq::{Chain, Fault, GuestRam, SplitQueue};
 
 /// Largest queue size accepted (the virtio maximum for split queues).
@@ -268,8 +271,10 @@ impl NetBackend {
         loop {
             let mut ran_out = false;
             // Segments left over from an earlier super-frame go first.
-            while let Some(mut f) = self.backlog.pop_front() {
-                if write_frame(sq, ram, &mut f, mrg, &mut self.guest_errors) == Delivery::NoBuffer {
+            while let Some(f) = self.backlog.pop_front() {
+                if write_frame(sq, ram, &Src::owned(&f), mrg, &mut self.guest_errors)
+                    == Delivery::NoBuffer
+                {
                     self.backlog.push_front(f);
                     ran_out = true;
                     break;
@@ -278,14 +283,37 @@ impl NetBackend {
             if !ran_out {
                 let errors = &mut self.guest_errors;
                 let backlog = &mut self.backlog;
-                let mut sink = |frame: &mut [u8]| -> Delivery {
+                let mut sink = |inc: Incoming<'_>| -> Delivery {
                     if !backlog.is_empty() {
                         ran_out = true;
                         return Delivery::NoBuffer;
                     }
+                    let mut copy;
+                    let frame: &mut [u8] = match inc {
+                        // The common case: one copy, ring to guest.
+                        Incoming::Shared { head, whole }
+                            if offload::passes_unchanged(head, neg) =>
+                        {
+                            let src = Src {
+                                head,
+                                rest: Some(whole),
+                                len: whole.len(),
+                            };
+                            let d = write_frame(sq, ram, &src, mrg, errors);
+                            if d == Delivery::NoBuffer {
+                                ran_out = true;
+                            }
+                            return d;
+                        }
+                        Incoming::Shared { .. } => {
+                            copy = inc.to_vec();
+                            &mut copy
+                        }
+                        Incoming::Owned(v) => v,
+                    };
                     match offload::adapt_in_place(frame, neg) {
                         Adapted::AsIs => {
-                            let d = write_frame(sq, ram, frame, mrg, errors);
+                            let d = write_frame(sq, ram, &Src::owned(frame), mrg, errors);
                             if d == Delivery::NoBuffer {
                                 ran_out = true;
                             }
@@ -297,9 +325,9 @@ impl NetBackend {
                         }
                         Adapted::Segments(segs) => {
                             // The frame is consumed; segments that do not fit wait here.
-                            for mut seg in segs {
+                            for seg in segs {
                                 if backlog.is_empty() {
-                                    if write_frame(sq, ram, &mut seg, mrg, errors)
+                                    if write_frame(sq, ram, &Src::owned(&seg), mrg, errors)
                                         == Delivery::NoBuffer
                                     {
                                         ran_out = true;
@@ -364,6 +392,45 @@ fn read_chain(ram: &GuestRam, chain: Chain<'_>, buf: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
+/// A frame to write into the guest: its first bytes from our memory, the rest (if any) straight
+/// from a peer's ring record, whose byte offsets match the frame's.
+struct Src<'a> {
+    head: &'a [u8],
+    rest: Option<Shared<'a>>,
+    len: usize,
+}
+
+impl<'a> Src<'a> {
+    fn owned(frame: &'a [u8]) -> Self {
+        Src {
+            head: frame,
+            rest: None,
+            len: frame.len(),
+        }
+    }
+
+    /// Copy frame bytes `off..off + n` to guest address `gpa`.
+    fn write(
+        &self,
+        ram: &GuestRam,
+        mut gpa: u64,
+        mut off: usize,
+        mut n: usize,
+    ) -> Result<(), Fault> {
+        if off < self.head.len() {
+            let k = n.min(self.head.len() - off);
+            ram.write(gpa, &self.head[off..off + k])?;
+            gpa = gpa.checked_add(k as u64).ok_or(Fault)?;
+            off += k;
+            n -= k;
+        }
+        if n > 0 {
+            ram.write_shared(gpa, self.rest.as_ref().ok_or(Fault)?, off, n)?;
+        }
+        Ok(())
+    }
+}
+
 /// Most RX chains one frame may span with mergeable buffers (64 KiB in 1.5 KiB buffers).
 const MAX_MERGE: usize = 64;
 
@@ -372,7 +439,7 @@ const MAX_MERGE: usize = 64;
 fn write_frame(
     sq: &mut SplitQueue<'_>,
     ram: &GuestRam,
-    frame: &mut [u8],
+    frame: &Src<'_>,
     mrg: bool,
     errors: &mut GuestErrors,
 ) -> Delivery {
@@ -385,7 +452,7 @@ fn write_frame(
             sq.add_used(head, 0);
         }
     };
-    while off < frame.len() {
+    while off < frame.len {
         let head = match sq.pop() {
             Some(Ok(head)) => head,
             found => {
@@ -408,7 +475,7 @@ fn write_frame(
             if !d.is_write() {
                 continue;
             }
-            if off + written == frame.len() {
+            if off + written == frame.len {
                 break;
             }
             if hdr_at.is_none() {
@@ -418,11 +485,8 @@ fn write_frame(
                 }
                 hdr_at = Some(d.addr);
             }
-            let n = (d.len as usize).min(frame.len() - off - written);
-            if ram
-                .write(d.addr, &frame[off + written..off + written + n])
-                .is_err()
-            {
+            let n = (d.len as usize).min(frame.len - off - written);
+            if frame.write(ram, d.addr, off + written, n).is_err() {
                 fault = true;
                 break;
             }
@@ -437,7 +501,7 @@ fn write_frame(
         used[n_used] = (head, written as u32);
         n_used += 1;
         off += written;
-        if !mrg && off < frame.len() {
+        if !mrg && off < frame.len {
             errors.small_rx_buffers += 1;
             give_back(sq, &used[..n_used]);
             return Delivery::Dropped;

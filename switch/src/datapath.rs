@@ -13,7 +13,7 @@ use crate::forward::{Forwarder, PeerSlot, Verdict};
 use crate::fq_codel::{FqCodel, MonotonicClock, Params};
 use crate::frame;
 use crate::peer::PeerConfig;
-use crate::ring::{self, Consumer, Producer};
+use crate::ring::{self, Consumer, Producer, Shared};
 
 /// Size of `virtio_net_hdr_v1` (VIRTIO_F_VERSION_1 makes `num_buffers` always present).
 pub const VNET_HDR: usize = 12;
@@ -77,7 +77,39 @@ pub struct Counters {
 
 struct Ingress {
     cons: Consumer,
-    stash: Option<Vec<u8>>,
+}
+
+/// Bytes of a frame copied ahead of the rest so checks never read shared memory twice: the
+/// virtio-net header and the Ethernet addresses with room to spare.
+pub const HEAD: usize = 64;
+
+/// A frame waiting for our guest.
+pub enum Incoming<'a> {
+    /// A frame the child owns (proxy ARP/ND replies).
+    Owned(&'a mut Vec<u8>),
+    /// A frame still in a peer's ring: `head` is our checked copy of its first bytes (up to
+    /// [`HEAD`]), `whole` the record in shared memory (including those first bytes).
+    Shared {
+        /// Our copy of the first bytes, already checked.
+        head: &'a [u8],
+        /// The whole record, to be copied once into the guest.
+        whole: Shared<'a>,
+    },
+}
+
+impl Incoming<'_> {
+    /// The frame as an owned buffer: the head from our copy, the rest copied from the ring.
+    pub fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Incoming::Owned(v) => v.to_vec(),
+            Incoming::Shared { head, whole } => {
+                let mut v = vec![0u8; whole.len()];
+                v[..head.len()].copy_from_slice(head);
+                whole.copy_to(head.len(), &mut v[head.len()..]);
+                v
+            }
+        }
+    }
 }
 
 struct Egress {
@@ -127,7 +159,6 @@ pub struct Datapath {
     buffer_size: usize,
     hash_seed: u64,
     rr: PeerSlot,
-    rx_scratch: Vec<u8>,
     /// Counters.
     pub counters: Counters,
 }
@@ -149,7 +180,6 @@ impl Datapath {
             buffer_size,
             hash_seed,
             rr: 0,
-            rx_scratch: Vec::with_capacity(2048),
             counters: Counters::default(),
         }
     }
@@ -209,7 +239,7 @@ impl Datapath {
                         if let Err(e) = control::send_ring(ctl, &reply, &fds) {
                             tracing::warn!(peer = %name, error = %crate::error_chain(&e), "cannot send BufferReady");
                         }
-                        self.ingress.insert(slot, Ingress { cons, stash: None });
+                        self.ingress.insert(slot, Ingress { cons });
                     }
                     Err(e) => tracing::error!(peer = %name, error = %e, "cannot create ring"),
                 }
@@ -405,10 +435,10 @@ impl Datapath {
 
     /// Hand waiting frames (replies first, then ingress rings round robin) to `sink` until it
     /// runs out of buffers. Returns whether anything was delivered.
-    pub fn to_guest(&mut self, sink: &mut dyn FnMut(&mut [u8]) -> Delivery) -> bool {
+    pub fn to_guest(&mut self, sink: &mut dyn FnMut(Incoming<'_>) -> Delivery) -> bool {
         let mut any = false;
         while let Some(mut r) = self.replies.pop_front() {
-            match sink(&mut r) {
+            match sink(Incoming::Owned(&mut r)) {
                 Delivery::Delivered => {
                     any = true;
                     self.counters.rx_frames += 1;
@@ -420,63 +450,56 @@ impl Datapath {
                 }
             }
         }
-        let slots: Vec<PeerSlot> = self.ingress.keys().copied().collect();
-        if slots.is_empty() {
+        if self.ingress.is_empty() {
             return any;
         }
-        let start = slots.iter().position(|&s| s >= self.rr).unwrap_or(0);
         let mut corrupt = Vec::new();
         let mut out_of_buffers = false;
         // Round robin: up to 64 frames per ring per pass, passes until all are empty.
         let mut progress = true;
         while progress && !out_of_buffers {
             progress = false;
-            for k in 0..slots.len() {
-                let slot = slots[(start + k) % slots.len()];
-                let Some(ing) = self.ingress.get_mut(&slot) else {
-                    continue;
-                };
+            // Rings from `rr` on first, then the ones before it.
+            let rr = self.rr;
+            let (first, later): (Vec<_>, Vec<_>) =
+                self.ingress.iter_mut().partition(|(s, _)| **s >= rr);
+            for (&slot, ing) in first.into_iter().chain(later) {
                 for _ in 0..64 {
-                    let mut buf = match ing.stash.take() {
-                        Some(b) => b,
-                        None => {
-                            // Reuse one buffer across frames; it only moves into the stash
-                            // when the guest is out of RX buffers.
-                            let mut b = std::mem::take(&mut self.rx_scratch);
-                            match ing.cons.pop(&mut b) {
-                                Ok(true) => b,
-                                Ok(false) => {
-                                    self.rx_scratch = b;
-                                    break;
-                                }
-                                Err(e) => {
-                                    self.rx_scratch = b;
-                                    tracing::warn!(slot, error = %e, "abandoning ingress ring");
-                                    corrupt.push(slot);
-                                    break;
-                                }
-                            }
+                    let rec = match ing.cons.peek() {
+                        Ok(Some(rec)) => rec,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(slot, error = %e, "abandoning ingress ring");
+                            corrupt.push(slot);
+                            break;
                         }
                     };
-                    if buf.len() < VNET_HDR || !self.fwd.accept_ingress(slot, &buf[VNET_HDR..]) {
+                    let whole = ing.cons.bytes(&rec);
+                    // Checks run on our own copy of the head; the guest gets that copy, and the
+                    // rest straight from the ring.
+                    let mut buf = [0u8; HEAD];
+                    let n = whole.len().min(HEAD);
+                    whole.copy_to(0, &mut buf[..n]);
+                    let head = &buf[..n];
+                    if n < VNET_HDR || !self.fwd.accept_ingress(slot, &head[VNET_HDR..]) {
                         self.counters.ingress_rejects += 1;
                         progress = true;
-                        self.rx_scratch = buf;
+                        ing.cons.consume(rec);
                         continue;
                     }
-                    match sink(&mut buf) {
+                    match sink(Incoming::Shared { head, whole }) {
                         Delivery::Delivered => {
                             any = true;
                             progress = true;
                             self.counters.rx_frames += 1;
-                            self.rx_scratch = buf;
+                            ing.cons.consume(rec);
                         }
                         Delivery::Dropped => {
                             progress = true;
-                            self.rx_scratch = buf;
+                            ing.cons.consume(rec);
                         }
                         Delivery::NoBuffer => {
-                            ing.stash = Some(buf);
+                            // The frame stays in the ring until the guest adds buffers.
                             out_of_buffers = true;
                             self.rr = slot;
                             break;
@@ -597,7 +620,8 @@ mod tests {
         );
         let mut order = Vec::new();
         for _ in 0..1000 {
-            b.to_guest(&mut |f: &mut [u8]| {
+            b.to_guest(&mut |inc: Incoming<'_>| {
+                let f = inc.to_vec();
                 let sport = u16::from_be_bytes([f[VNET_HDR + 34], f[VNET_HDR + 35]]);
                 order.push(sport);
                 Delivery::Delivered
@@ -607,7 +631,8 @@ mod tests {
                 break;
             }
         }
-        b.to_guest(&mut |f: &mut [u8]| {
+        b.to_guest(&mut |inc: Incoming<'_>| {
+            let f = inc.to_vec();
             order.push(u16::from_be_bytes([f[VNET_HDR + 34], f[VNET_HDR + 35]]));
             Delivery::Delivered
         });
@@ -619,6 +644,37 @@ mod tests {
             "sparse frame delivered at position {pos} of 201 (FIFO: 200)"
         );
         assert_eq!(b.counters.rx_frames, order.len() as u64);
+    }
+
+    #[test]
+    fn a_frame_that_finds_no_guest_buffer_stays_in_the_ring_in_order() {
+        let (mut a, mut b, _, _) = pair(8192);
+        for seq in 0..5 {
+            a.from_guest(&mut udp(4000, seq, 200));
+        }
+        a.flush();
+        let seq_of =
+            |f: &[u8]| u32::from_be_bytes(f[VNET_HDR + 42..VNET_HDR + 46].try_into().unwrap());
+        let mut got = Vec::new();
+        // Room for two frames only.
+        b.to_guest(&mut |inc: Incoming<'_>| {
+            if got.len() == 2 {
+                return Delivery::NoBuffer;
+            }
+            got.push(seq_of(&inc.to_vec()));
+            Delivery::Delivered
+        });
+        assert_eq!(got, [0, 1]);
+        b.to_guest(&mut |inc: Incoming<'_>| {
+            let f = inc.to_vec();
+            if let Incoming::Shared { head, .. } = inc {
+                assert_eq!(head, &f[..HEAD], "the head copy is the frame's start");
+            }
+            got.push(seq_of(&f));
+            Delivery::Delivered
+        });
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        assert_eq!(b.counters.rx_frames, 5);
     }
 
     #[test]
@@ -637,7 +693,7 @@ mod tests {
         assert!(a.tx_blocked());
         let mut got = 0u32;
         for _ in 0..1000 {
-            b.to_guest(&mut |_f: &mut [u8]| {
+            b.to_guest(&mut |_f: Incoming<'_>| {
                 got += 1;
                 Delivery::Delivered
             });
@@ -647,7 +703,7 @@ mod tests {
             }
         }
         assert!(!a.tx_blocked());
-        b.to_guest(&mut |_f: &mut [u8]| {
+        b.to_guest(&mut |_f: Incoming<'_>| {
             got += 1;
             Delivery::Delivered
         });

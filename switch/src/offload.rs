@@ -257,6 +257,27 @@ pub enum Adapted {
     Drop,
 }
 
+/// Whether [`adapt_in_place`] would hand this frame (given its virtio-net header) to a guest
+/// with offloads `neg` unchanged, so it can be copied straight from the ring into the guest.
+pub fn passes_unchanged(hdr: &[u8], neg: Offloads) -> bool {
+    if hdr.len() < HDR {
+        return false;
+    }
+    let h = VnetHdr::parse(hdr);
+    let ecn = h.gso_type & GSO_ECN != 0;
+    match h.gso_type & !GSO_ECN {
+        GSO_NONE => h.flags & F_NEEDS_CSUM == 0 || neg.rx_csum,
+        t => {
+            (match t {
+                GSO_TCPV4 => neg.rx_tso4,
+                GSO_TCPV6 => neg.rx_tso6,
+                _ => false,
+            }) && (!ecn || neg.rx_ecn)
+                && neg.rx_csum
+        }
+    }
+}
+
 /// In-place variant of [`adapt`] for the delivery path: no copy unless segmenting.
 pub fn adapt_in_place(pkt: &mut [u8], neg: Offloads) -> Adapted {
     if pkt.len() < HDR + ETH_HLEN {
@@ -366,6 +387,55 @@ mod tests {
         s = frame::csum_add(s, &tcp_len.to_be_bytes());
         s = frame::csum_add(s, &g[l4..]);
         frame::csum_finish(s) == 0 && frame::csum_finish(frame::csum_add(0, &g[ETH_HLEN..l4])) == 0
+    }
+
+    #[test]
+    fn passes_unchanged_is_exactly_when_adapt_leaves_the_frame_alone() {
+        // Every combination of header kind and guest offloads: the zero-copy path may only be
+        // taken when adapt_in_place would neither modify, segment nor drop the frame.
+        let mut plain = gso_v4(100, 1448);
+        VnetHdr {
+            flags: 0,
+            gso_type: GSO_NONE,
+            hdr_len: 0,
+            gso_size: 0,
+            csum_start: 0,
+            csum_offset: 0,
+            num_buffers: 0,
+        }
+        .write(&mut plain);
+        let mut partial = gso_v4(100, 1448);
+        let mut h = VnetHdr::parse(&partial);
+        h.gso_type = GSO_NONE;
+        h.gso_size = 0;
+        h.write(&mut partial);
+        let mut ecn = gso_v4(3000, 1448);
+        let mut h = VnetHdr::parse(&ecn);
+        h.gso_type |= GSO_ECN;
+        h.write(&mut ecn);
+        let mut bogus = gso_v4(100, 1448);
+        bogus[1] = 0x7f;
+        let frames = [plain, partial, gso_v4(3000, 1448), ecn, bogus];
+        for bits in 0u8..32 {
+            let neg = Offloads {
+                rx_csum: bits & 1 != 0,
+                rx_tso4: bits & 2 != 0,
+                rx_tso6: bits & 4 != 0,
+                rx_ecn: bits & 8 != 0,
+                tx_csum: bits & 16 != 0,
+                ..Offloads::default()
+            };
+            for (k, f) in frames.iter().enumerate() {
+                let mut copy = f.clone();
+                let unchanged =
+                    matches!(adapt_in_place(&mut copy, neg), Adapted::AsIs) && copy == *f;
+                assert_eq!(
+                    passes_unchanged(&f[..HDR], neg),
+                    unchanged,
+                    "frame {k}, offloads {neg:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -199,6 +199,69 @@ pub struct Producer {
     space: EventFd,
 }
 
+/// A record found by [`Consumer::peek`], still in the ring.
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    off: usize,
+    len: usize,
+    need: u64,
+}
+
+impl Record {
+    /// Length of the frame in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A record's bytes in shared memory. The producer is untrusted and may still write them, so
+/// they are only ever copied out (never parsed in place); whatever is parsed comes from a copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Shared<'a> {
+    ptr: *const u8,
+    len: usize,
+    _ring: std::marker::PhantomData<&'a Consumer>,
+}
+
+impl Shared<'_> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copy bytes `from..from + dst.len()` into `dst`; false (and nothing copied) when that
+    /// range is not inside the record.
+    pub fn copy_to(&self, from: usize, dst: &mut [u8]) -> bool {
+        match self.raw(from, dst.len()) {
+            Some(p) => {
+                // SAFETY: `raw` checked the range lies inside the record, which lies inside the
+                // mapping borrowed for 'a; `dst` is our own memory.
+                unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A pointer to bytes `from..from + n`, when inside the record; valid for reads of `n`
+    /// bytes while the consumer is borrowed.
+    pub fn raw(&self, from: usize, n: usize) -> Option<*const u8> {
+        let end = from.checked_add(n)?;
+        // SAFETY: from <= end <= len, so the result is inside the record.
+        (end <= self.len).then(|| unsafe { self.ptr.add(from) })
+    }
+}
+
 /// Create a ring with a data area of `capacity` bytes; returns the consumer and the descriptors
 /// to hand to the producer.
 pub fn create(capacity: usize) -> Result<(Consumer, RingFds), RingError> {
@@ -405,6 +468,18 @@ impl Consumer {
     /// Copy the next frame into `buf` (cleared first). `Ok(false)` when the ring is empty.
     pub fn pop(&mut self, buf: &mut Vec<u8>) -> Result<bool, RingError> {
         buf.clear();
+        let Some(rec) = self.peek()? else {
+            return Ok(false);
+        };
+        buf.resize(rec.len, 0);
+        self.bytes(&rec).copy_to(0, buf);
+        self.consume(rec);
+        Ok(true)
+    }
+
+    /// The next record, left in the ring until [`consume`](Self::consume)d; `Ok(None)` when the
+    /// ring is empty (the producer is then asked for the data doorbell).
+    pub fn peek(&mut self) -> Result<Option<Record>, RingError> {
         loop {
             let head = self.map.u64_at(OFF_HEAD).load(Ordering::Acquire);
             let mut avail = head.wrapping_sub(self.tail);
@@ -419,7 +494,7 @@ impl Consumer {
                     .load(Ordering::Acquire)
                     .wrapping_sub(self.tail);
                 if avail == 0 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 self.map.u32_at(OFF_WANT_DATA).store(0, Ordering::Relaxed);
             }
@@ -446,21 +521,31 @@ impl Consumer {
             if len as usize > MAX_RECORD || need > avail || off + need > self.map.cap {
                 return Err(RingError::Corrupt("record length out of range"));
             }
-            buf.resize(len as usize, 0);
-            // SAFETY: off + 8 + len <= cap (checked); buf has len bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.map.data().add(off as usize + REC_HDR as usize),
-                    buf.as_mut_ptr(),
-                    len as usize,
-                )
-            };
-            self.tail += need;
-            self.map
-                .u64_at(OFF_TAIL)
-                .store(self.tail, Ordering::Release);
-            return Ok(true);
+            return Ok(Some(Record {
+                off: off as usize + REC_HDR as usize,
+                len: len as usize,
+                need,
+            }));
         }
+    }
+
+    /// The bytes of a record returned by [`peek`](Self::peek).
+    pub fn bytes(&self, rec: &Record) -> Shared<'_> {
+        Shared {
+            // SAFETY: peek checked off + len <= cap, so the record lies inside the data area.
+            ptr: unsafe { self.map.data().add(rec.off) },
+            len: rec.len,
+            _ring: std::marker::PhantomData,
+        }
+    }
+
+    /// Drop a peeked record from the ring (its space is handed back on [`release`](Self::release)
+    /// or earlier).
+    pub fn consume(&mut self, rec: Record) {
+        self.tail += rec.need;
+        self.map
+            .u64_at(OFF_TAIL)
+            .store(self.tail, Ordering::Release);
     }
 
     /// After draining: wake the producer if it is waiting for space, but only once at least

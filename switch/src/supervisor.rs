@@ -682,7 +682,7 @@ fn remove_own_socket(path: &Path, id: Option<(u64, u64)>) {
     if ours {
         let _ = std::fs::remove_file(path);
     } else {
-        tracing::warn!(path = %crate::sandbox::shown(&path).display(), "socket was replaced by something else; left in place");
+        tracing::warn!(path = %crate::sandbox::shown(path).display(), "socket was replaced by something else; left in place");
     }
 }
 
@@ -697,33 +697,33 @@ fn clear_stale_socket(path: &Path) -> Result<(), String> {
         Err(e) => {
             return Err(format!(
                 "{}: cannot inspect: {e}; peer not served",
-                crate::sandbox::shown(&path).display()
+                crate::sandbox::shown(path).display()
             ));
         }
     };
     if !meta.file_type().is_socket() {
         return Err(format!(
             "{}: exists and is not a socket; not removing it, peer not served",
-            crate::sandbox::shown(&path).display()
+            crate::sandbox::shown(path).display()
         ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(format!(
             "{}: another process is listening on this socket; peer not served",
-            crate::sandbox::shown(&path).display()
+            crate::sandbox::shown(path).display()
         )),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            tracing::info!(path = %crate::sandbox::shown(&path).display(), "removing stale socket");
+            tracing::info!(path = %crate::sandbox::shown(path).display(), "removing stale socket");
             std::fs::remove_file(path).map_err(|e| {
                 format!(
                     "{}: cannot remove stale socket: {e}",
-                    crate::sandbox::shown(&path).display()
+                    crate::sandbox::shown(path).display()
                 )
             })
         }
         Err(e) => Err(format!(
             "{}: cannot check whether the socket is in use: {e}; peer not served",
-            crate::sandbox::shown(&path).display()
+            crate::sandbox::shown(path).display()
         )),
     }
 }
@@ -758,7 +758,7 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
         return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             format!(
                 "another vm-switch is already serving {} (it holds the lock {})",
-                crate::sandbox::shown(&dir).display(),
+                crate::sandbox::shown(dir).display(),
                 crate::sandbox::shown(&path).display()
             )
         } else {

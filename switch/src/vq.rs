@@ -133,6 +133,29 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Copy bytes `from..from + n` of a ring record into guest memory at `gpa`, without an
+    /// intermediate copy.
+    pub fn write_shared(
+        &self,
+        mut gpa: u64,
+        src: &crate::ring::Shared<'_>,
+        from: usize,
+        n: usize,
+    ) -> Result<(), Fault> {
+        let base = src.raw(from, n).ok_or(Fault)?;
+        let mut done = 0usize;
+        while done < n {
+            let (p, left) = self.locate(gpa).ok_or(Fault)?;
+            let k = (n - done).min(usize::try_from(left).unwrap_or(usize::MAX));
+            // SAFETY: `base` is readable for `n` bytes (Shared::raw) and `p` writable for `k`
+            // (locate); ring memory and guest RAM are different mappings.
+            unsafe { std::ptr::copy_nonoverlapping(base.add(done), p, k) };
+            done += k;
+            gpa = gpa.checked_add(k as u64).ok_or(Fault)?;
+        }
+        Ok(())
+    }
+
     /// Copy `src` into guest memory at `gpa`; the range may span adjacent regions.
     pub fn write(&self, mut gpa: u64, src: &[u8]) -> Result<(), Fault> {
         let mut done = 0usize;
