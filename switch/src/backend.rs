@@ -28,12 +28,16 @@ use crate::datapath::{
 };
 use crate::offload::{self, Adapted, Offloads};
 use crate::ring::Shared;
-use crate::vq::{Chain, Fault, GuestRam, SplitQueue};
+use crate::vq::{Chain, Fault, Gather, GatherError, GuestRam, SplitQueue};
 
 /// Largest queue size accepted (the virtio maximum for split queues).
 pub const MAX_QUEUE_SIZE: usize = 32768;
 const RX: usize = 0;
 const TX: usize = 1;
+/// TX frames longer than this are checked from a copy of their first bytes and copied once,
+/// guest to destination ring; shorter ones are copied whole first (cheap at that size).
+const TX_HEAD: usize = 256;
+const _: () = assert!(TX_HEAD >= VNET_HDR + crate::forward::MIN_HEAD);
 /// TX chains taken per avail-index read before their used entries are published.
 const TX_BATCH: usize = 64;
 
@@ -184,7 +188,7 @@ impl NetBackend {
                     self.tx_paused = true;
                     break;
                 }
-                let head = match sq.pop() {
+                let head_idx = match sq.pop() {
                     None => break,
                     Some(Ok(head)) => head,
                     Some(Err(Fault)) => {
@@ -202,7 +206,53 @@ impl NetBackend {
                     }
                     self.seccomp_probe = false;
                 }
-                match read_chain(&ram, sq.chain(head), &mut self.scratch) {
+                let gathered = Gather::collect(&ram, sq.chain(head_idx), MAX_FRAME);
+                if let Ok(g) = &gathered
+                    && g.len() > TX_HEAD
+                {
+                    // Large frame: check its headers from our copy, then let the payload go
+                    // from guest memory to the destination ring in one copy.
+                    let mut head = [0u8; TX_HEAD];
+                    if g.read(&ram, 0, &mut head).is_err() {
+                        self.guest_errors.bad_chains += 1;
+                    } else if offload::validate_head(&mut head, g.len(), self.offloads) {
+                        self.dp
+                            .from_guest_split(&mut head, g.len(), &mut |from, dst| {
+                                g.read(&ram, from, dst).is_ok()
+                            });
+                    } else {
+                        self.guest_errors.bad_offload_headers += 1;
+                    }
+                    sq.add_used(head_idx, 0);
+                    in_batch += 1;
+                    if in_batch == TX_BATCH {
+                        notify |= sq.publish_and_check();
+                        self.dp.flush();
+                        in_batch = 0;
+                    }
+                    continue;
+                }
+                let read = match gathered {
+                    Ok(g) => {
+                        self.scratch.clear();
+                        self.scratch.resize(g.len(), 0);
+                        g.read(&ram, 0, &mut self.scratch)
+                            .map_err(|Fault| ChainFault::Memory)
+                            .and_then(|()| {
+                                if g.len() < VNET_HDR {
+                                    Err(ChainFault::Length)
+                                } else {
+                                    Ok(())
+                                }
+                            })
+                    }
+                    Err(GatherError::TooManySegments) => {
+                        read_chain(&ram, sq.chain(head_idx), &mut self.scratch)
+                    }
+                    Err(GatherError::TooLong) => Err(ChainFault::Length),
+                    Err(GatherError::Memory) => Err(ChainFault::Memory),
+                };
+                match read {
                     Ok(()) => {
                         // Only offloads this guest negotiated, with sane offsets, may reach
                         // another guest.
@@ -215,7 +265,7 @@ impl NetBackend {
                     Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
                     Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
                 }
-                sq.add_used(head, 0);
+                sq.add_used(head_idx, 0);
                 in_batch += 1;
                 if in_batch == TX_BATCH {
                     // Give the guest its buffers back and wake the destinations in batches.

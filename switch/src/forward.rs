@@ -220,7 +220,18 @@ impl Forwarder {
     /// Decide what to do with a frame the VM transmitted. The frame may be modified (destination
     /// MAC rewrite).
     pub fn classify(&mut self, frame: &mut [u8]) -> Verdict {
-        if frame.len() < ETH_HLEN {
+        let total = frame.len();
+        self.classify_head(frame, total)
+    }
+
+    /// [`classify`](Self::classify) from the first bytes of a frame of `total` bytes: `head` is
+    /// the whole frame or at least its first [`MIN_HEAD`] bytes, which hold every header the
+    /// decision reads, so a large frame can be judged before its payload is copied anywhere.
+    pub fn classify_head(&mut self, frame: &mut [u8], total: usize) -> Verdict {
+        if total < ETH_HLEN
+            || total < frame.len()
+            || (total > frame.len() && frame.len() < MIN_HEAD)
+        {
             return self.drop(DropReason::Malformed);
         }
         let src_mac = frame::mac_at(frame, 6).unwrap_or_default();
@@ -229,8 +240,8 @@ impl Forwarder {
         }
         match frame::be16(frame, 12) {
             Some(ETH_P_ARP) => self.classify_arp(frame),
-            Some(ETH_P_IPV4) => self.classify_ipv4(frame),
-            Some(ETH_P_IPV6) => self.classify_ipv6(frame),
+            Some(ETH_P_IPV4) => self.classify_ipv4(frame, total),
+            Some(ETH_P_IPV6) => self.classify_ipv6(frame, total),
             _ => self.drop(DropReason::UnsupportedEtherType),
         }
     }
@@ -275,14 +286,15 @@ impl Forwarder {
             || self.me.ipv4.iter().any(|c| c.broadcast_v4() == Some(dst))
     }
 
-    fn classify_ipv4(&mut self, frame: &mut [u8]) -> Verdict {
+    fn classify_ipv4(&mut self, frame: &mut [u8], wire: usize) -> Verdict {
         let ip = &frame[ETH_HLEN..];
-        if ip.len() < 20 || ip[0] >> 4 != 4 {
+        let ip_len = wire - ETH_HLEN;
+        if ip_len < 20 || ip[0] >> 4 != 4 {
             return self.drop(DropReason::Malformed);
         }
         let ihl = usize::from(ip[0] & 0x0f) * 4;
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        if ihl < 20 || total < ihl || total > ip.len() {
+        if ihl < 20 || total < ihl || total > ip_len {
             return self.drop(DropReason::Malformed);
         }
         let src = frame::ipv4_at(ip, 12).unwrap_or(Ipv4Addr::UNSPECIFIED);
@@ -303,13 +315,14 @@ impl Forwarder {
         self.unicast_to(frame, IpAddr::V4(dst))
     }
 
-    fn classify_ipv6(&mut self, frame: &mut [u8]) -> Verdict {
+    fn classify_ipv6(&mut self, frame: &mut [u8], wire: usize) -> Verdict {
         let ip = &frame[ETH_HLEN..];
-        if ip.len() < 40 || ip[0] >> 4 != 6 {
+        let ip_len = wire - ETH_HLEN;
+        if ip_len < 40 || ip[0] >> 4 != 6 {
             return self.drop(DropReason::Malformed);
         }
         let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-        if 40 + payload > ip.len() {
+        if 40 + payload > ip_len {
             return self.drop(DropReason::Malformed);
         }
         let next = ip[6];
@@ -386,6 +399,11 @@ impl Forwarder {
         dst == self.me.mac || dst.is_multicast()
     }
 }
+
+/// Bytes of a frame [`Forwarder::classify_head`] needs when it does not get the whole frame:
+/// Ethernet, the longest IPv4 header and the TCP/UDP ports, or IPv6 and a neighbour
+/// solicitation's target.
+pub const MIN_HEAD: usize = 128;
 
 /// The broadcast MAC, re-exported for tests and callers building frames.
 pub const BROADCAST_MAC: MacAddr = MacAddr::BROADCAST;
@@ -626,6 +644,50 @@ mod tests {
                 Verdict::Reply(r) => prop_assert!(r[0..6] == A_MAC || r[0] & 1 == 1),
                 Verdict::Drop(_) => {}
             }
+        }
+
+        // Judging a large frame from its first bytes agrees with judging the whole frame, for
+        // plausible IPv4/IPv6/ND frames with right and wrong lengths, sources and destinations.
+        #[test]
+        fn classify_head_agrees_with_classify(
+            mut bytes in proptest::collection::vec(any::<u8>(), 14..1600),
+            v6 in any::<bool>(), src_k in 0usize..3, dst_k in 0usize..5, len_k in 0usize..3,
+            nd in any::<bool>(), head_extra in 0usize..64,
+        ) {
+            let n = bytes.len();
+            bytes[6..12].copy_from_slice(&A_MAC);
+            if !v6 && n >= 34 {
+                bytes[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+                bytes[14] = 0x45;
+                let tot = [n - 14, n - 13, n.saturating_sub(40)][len_k] as u16;
+                bytes[16..18].copy_from_slice(&tot.to_be_bytes());
+                bytes[26..30].copy_from_slice(&[[10, 1, 0, 1], [10, 1, 0, 3], [0, 0, 0, 0]][src_k]);
+                let dsts = [[10, 1, 0, 2], [10, 1, 0, 255], [192, 168, 1, 1], [10, 1, 0, 1], [224, 0, 0, 1]];
+                bytes[30..34].copy_from_slice(&dsts[dst_k]);
+            } else if v6 && n >= 54 + 24 {
+                bytes[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+                bytes[14] = 0x60;
+                let pl = [n - 54, n - 53, n.saturating_sub(80)][len_k] as u16;
+                bytes[18..20].copy_from_slice(&pl.to_be_bytes());
+                bytes[20] = if nd { frame::IPPROTO_ICMPV6 } else { 17 };
+                bytes[21] = 255;
+                let srcs: [Ipv6Addr; 3] = ["fd00::a".parse().unwrap(), "fe80::1".parse().unwrap(), "fd00::c".parse().unwrap()];
+                bytes[22..38].copy_from_slice(&srcs[src_k].octets());
+                let dsts: [Ipv6Addr; 5] = ["fd00::b".parse().unwrap(), "ff02::1:ff00:b".parse().unwrap(), "2001:db8::1".parse().unwrap(), "fd00::a".parse().unwrap(), "fe80::2".parse().unwrap()];
+                bytes[38..54].copy_from_slice(&dsts[dst_k].octets());
+                if nd {
+                    bytes[54] = frame::ND_NEIGHBOR_SOLICIT;
+                    let target: Ipv6Addr = "fd00::b".parse().unwrap();
+                    bytes[62..78].copy_from_slice(&target.octets());
+                }
+            }
+            let mut whole = bytes.clone();
+            let want = fwd().classify(&mut whole);
+            let h = (MIN_HEAD + head_extra).min(n);
+            let mut head = bytes[..h].to_vec();
+            let got = fwd().classify_head(&mut head, n);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(&head[..], &whole[..h], "same rewrite of the head");
         }
     }
 }

@@ -199,6 +199,17 @@ pub struct Producer {
     space: EventFd,
 }
 
+/// What [`Producer::push_with`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The frame is in the ring.
+    Yes,
+    /// No room; nothing written.
+    Full,
+    /// The filler gave up; nothing published.
+    Abandoned,
+}
+
 /// A record found by [`Consumer::peek`], still in the ring.
 #[derive(Debug, Clone, Copy)]
 pub struct Record {
@@ -379,6 +390,25 @@ impl Producer {
     /// full; the producer then registered interest in the space eventfd.
     pub fn push(&mut self, parts: &[&[u8]]) -> Result<bool, RingError> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.push_with(len, |dst| {
+            let mut at = 0;
+            for p in parts {
+                dst[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            true
+        })
+        .map(|r| r == Pushed::Yes)
+    }
+
+    /// Append one frame of `len` bytes written in place by `fill`, which returns false to
+    /// abandon it (nothing is published then). A full ring registers interest in the space
+    /// eventfd and returns [`Pushed::Full`] without calling `fill`.
+    pub fn push_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Result<Pushed, RingError> {
         if len > MAX_RECORD || (len as u64 + REC_HDR) * 2 > self.map.cap {
             return Err(RingError::TooLarge(len));
         }
@@ -396,31 +426,32 @@ impl Producer {
             fence(Ordering::SeqCst);
             // The consumer may have drained between our check and the flag: look again.
             if self.free()? < total {
-                return Ok(false);
+                return Ok(Pushed::Full);
             }
         }
         let base = self.map.data();
-        let mut off = off;
-        if need > contiguous {
+        let at = if need > contiguous {
             // SAFETY: off + 8 <= cap since records are 8-aligned and cap is a multiple of 8.
             unsafe { write_hdr(base.add(off as usize), WRAP) };
-            self.head += contiguous;
-            off = 0;
+            0
+        } else {
+            off
+        };
+        // SAFETY: at + need <= cap (checked above), so header and frame are inside the data area.
+        unsafe { write_hdr(base.add(at as usize), len as u32) };
+        // SAFETY: as above; these bytes are ours until `head` publishes them. A consumer that
+        // breaks the protocol and writes them only garbles its own incoming frame.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(base.add(at as usize + REC_HDR as usize), len)
+        };
+        if !fill(bytes) {
+            return Ok(Pushed::Abandoned);
         }
-        // SAFETY: off + need <= cap (checked above); the region is ours until head is published.
-        unsafe {
-            write_hdr(base.add(off as usize), len as u32);
-            let mut dst = base.add(off as usize + REC_HDR as usize);
-            for p in parts {
-                std::ptr::copy_nonoverlapping(p.as_ptr(), dst, p.len());
-                dst = dst.add(p.len());
-            }
-        }
-        self.head += need;
+        self.head += total;
         self.map
             .u64_at(OFF_HEAD)
             .store(self.head, Ordering::Release);
-        Ok(true)
+        Ok(Pushed::Yes)
     }
 
     /// Wake the consumer after one or more pushes, unless it is still draining (it clears

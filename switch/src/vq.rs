@@ -263,6 +263,105 @@ impl Iterator for Chain<'_> {
     }
 }
 
+/// Most device-readable buffers [`Gather`] keeps for one chain (Linux sends a frame in at most
+/// 19); longer chains are read in one pass instead.
+pub const MAX_SEGS: usize = 32;
+
+/// Why a chain could not be gathered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatherError {
+    /// A descriptor outside guest memory, or a broken chain.
+    Memory,
+    /// Longer than the limit.
+    TooLong,
+    /// More than [`MAX_SEGS`] buffers.
+    TooManySegments,
+}
+
+/// The device-readable buffers of a TX chain (up to its first device-writable one), so the
+/// frame can be read in pieces: headers first, payload later straight to where it goes.
+pub struct Gather {
+    segs: [(u64, u32); MAX_SEGS],
+    n: usize,
+    total: usize,
+}
+
+impl Gather {
+    /// Walk `chain`, checking that every buffer lies in guest RAM and the total stays within
+    /// `limit` bytes.
+    pub fn collect(ram: &GuestRam, chain: Chain<'_>, limit: usize) -> Result<Gather, GatherError> {
+        let mut g = Gather {
+            segs: [(0, 0); MAX_SEGS],
+            n: 0,
+            total: 0,
+        };
+        for d in chain {
+            let d = d.map_err(|Fault| GatherError::Memory)?;
+            if d.is_write() {
+                break;
+            }
+            if d.len == 0 {
+                continue;
+            }
+            g.total += d.len as usize;
+            if g.total > limit {
+                return Err(GatherError::TooLong);
+            }
+            if g.n == MAX_SEGS {
+                return Err(GatherError::TooManySegments);
+            }
+            // Adjacent regions are allowed; anything not RAM is not.
+            let mut at = d.addr;
+            let mut left = u64::from(d.len);
+            while left > 0 {
+                let (_, avail) = ram.locate(at).ok_or(GatherError::Memory)?;
+                let k = avail.min(left);
+                left -= k;
+                at = at.checked_add(k).ok_or(GatherError::Memory)?;
+            }
+            g.segs[g.n] = (d.addr, d.len);
+            g.n += 1;
+        }
+        Ok(g)
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Whether the chain carried no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Copy frame bytes `from..from + dst.len()` into `dst`.
+    pub fn read(&self, ram: &GuestRam, from: usize, dst: &mut [u8]) -> Result<(), Fault> {
+        let end = from.checked_add(dst.len()).ok_or(Fault)?;
+        if end > self.total {
+            return Err(Fault);
+        }
+        let mut pos = 0usize;
+        let mut out = 0usize;
+        for &(addr, len) in &self.segs[..self.n] {
+            let len = len as usize;
+            let (s, e) = (pos, pos + len);
+            pos = e;
+            if e <= from + out {
+                continue;
+            }
+            if out == dst.len() {
+                break;
+            }
+            let skip = from + out - s;
+            let k = (len - skip).min(dst.len() - out);
+            ram.read(addr + skip as u64, &mut dst[out..out + k])?;
+            out += k;
+        }
+        Ok(())
+    }
+}
+
 /// A split virtqueue opened for one batch of work (see the module docs).
 pub struct SplitQueue<'a> {
     ram: &'a GuestRam,
