@@ -10,6 +10,7 @@
 //! | [`plan`] | everything vmsilo would set up for each VM, as text or JSON |
 //! | [`cli`] | the `vmsilo` command's arguments |
 //! | [`desktop`] | host desktop entries, icons and menu folders generated from guest packages |
+//! | [`files`] | reading user-supplied files without hanging on FIFOs or devices |
 //! | [`tray`] | the `vmsilo-tray` StatusNotifierItem: VM states, start/stop, app menus |
 //! | [`commands`] | what each `vmsilo` subcommand does |
 //! | [`vsock`] | host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket) |
@@ -28,6 +29,7 @@ pub mod crosvm;
 pub mod demo;
 pub mod derive;
 pub mod desktop;
+pub mod files;
 pub mod paths;
 pub mod plan;
 pub mod proxy;
