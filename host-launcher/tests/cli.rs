@@ -324,3 +324,41 @@ fn check_and_plan_refuse_a_fifo_instead_of_waiting_for_a_writer() {
         "error: cannot read /dev/zero: not a regular file (a character device)\n"
     );
 }
+
+#[test]
+fn check_lists_problems_in_path_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("c.json");
+    // nixosVms[2]'s bad type is found while reading, nixosVms[0]'s and nixosVms[10]'s name only
+    // when validating; the report is still ordered by path, indices as numbers.
+    let mut vms: Vec<serde_json::Value> = (0..11)
+        .map(|i| serde_json::json!({ "id": 3 + 2 * i, "name": format!("vm{i}") }))
+        .collect();
+    vms[0]["name"] = "bad-".into();
+    vms[2]["memory"] = "lots".into();
+    vms[10]["name"] = "Bad".into();
+    let config = serde_json::json!({ "user": "david", "userUid": 1000, "nixosVms": vms });
+    std::fs::write(&doc, config.to_string()).unwrap();
+    let out = vmsilo(&["check", doc.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let paths: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - ")?.split(':').next())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "nixosVms[0].name",
+            "nixosVms[2].memory",
+            "nixosVms[10].name"
+        ],
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "\"bad-\" is not a VM name: use a lowercase letter then lowercase letters, digits or '-', not ending with '-'"
+        ),
+        "{stderr}"
+    );
+}

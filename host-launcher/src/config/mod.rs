@@ -62,7 +62,7 @@ pub enum ConfigError {
     Invalid {
         /// File name or "the document".
         origin: String,
-        /// Every problem found, in document order.
+        /// Every problem found, sorted by JSON path.
         issues: Vec<Issue>,
     },
 }
