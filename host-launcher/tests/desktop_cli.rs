@@ -140,7 +140,12 @@ fn odd_package_contents_are_named_in_warnings_and_never_hang() {
     let entry = |name: &str, icon: &str| {
         format!("[Desktop Entry]\nType=Application\nName={name}\nExec={name}\nIcon={icon}\n")
     };
-    std::fs::write(apps.join("good.desktop"), entry("good", "goodicon")).unwrap();
+    std::fs::write(
+        apps.join("good.desktop"),
+        entry("good", "goodicon")
+            + "Actions=bad;\n[Desktop Action bad]\nName=Bad\nExec=\"unclosed\n",
+    )
+    .unwrap();
     std::fs::write(apps.join("piped.desktop"), entry("piped", "fifoicon")).unwrap();
     mkfifo(&apps.join("fifo.desktop"));
     std::fs::create_dir(apps.join("folder.desktop")).unwrap();
@@ -198,8 +203,13 @@ fn odd_package_contents_are_named_in_warnings_and_never_hang() {
             "missing {line:?} in:\n{stderr}"
         );
     }
+    let action = format!(
+        "vmsilo: t: {}: action \"bad\" left out: its Exec is unusable: ",
+        apps.join("good.desktop").display()
+    );
+    assert!(lines.iter().any(|l| l.starts_with(&action)), "{stderr}");
     // Every line is in the one `vmsilo: …` format, without tracing's timestamps or colours.
-    assert_eq!(lines.len(), expect.len(), "{stderr}");
+    assert_eq!(lines.len(), expect.len() + 1, "{stderr}");
 }
 
 /// Logs piped to a file or another program carry no terminal colour codes.

@@ -356,6 +356,13 @@ pub fn generate(vms: &[VmApps], opts: &Options, out: &Path) -> Result<Report, De
                         continue;
                     }
                 };
+                for what in &host.left_out {
+                    report.warnings.push(Warning {
+                        vm: vm.name.clone(),
+                        path: path.clone(),
+                        message: what.clone(),
+                    });
+                }
                 let source = host
                     .original_icon
                     .as_deref()
