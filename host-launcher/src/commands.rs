@@ -179,6 +179,9 @@ fn desktop(args: &DesktopArgs) -> Result<ExitCode> {
     };
     let vms = crate::desktop::VmApps::from_config(&config);
     let report = crate::desktop::generate(&vms, &opts, &args.out)?;
+    for w in &report.warnings {
+        eprintln!("vmsilo: {}: {}: {}", w.vm, w.path.display(), w.message);
+    }
     for skipped in &report.skipped {
         eprintln!(
             "vmsilo: {}: skipped {}: {}",

@@ -10,6 +10,7 @@
 //! | [`plan`] | everything vmsilo would set up for each VM, as text or JSON |
 //! | [`cli`] | the `vmsilo` command's arguments |
 //! | [`desktop`] | host desktop entries, icons and menu folders generated from guest packages |
+//! | [`files`] | reading user-supplied files without hanging on FIFOs or devices |
 //! | [`tray`] | the `vmsilo-tray` StatusNotifierItem: VM states, start/stop, app menus |
 //! | [`commands`] | what each `vmsilo` subcommand does |
 //! | [`vsock`] | host→guest transports (kernel AF_VSOCK, hybrid vsock over a unix socket) |
@@ -28,6 +29,7 @@ pub mod crosvm;
 pub mod demo;
 pub mod derive;
 pub mod desktop;
+pub mod files;
 pub mod paths;
 pub mod plan;
 pub mod proxy;
@@ -59,6 +61,8 @@ pub fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: not in log files, journald or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A closed stderr must not turn a log line into a panic.
         .log_internal_errors(false)
         .with_target(false)

@@ -103,7 +103,7 @@ pub enum VmRunError {
     HandshakeTimeout(Duration),
     /// The VM name cannot name a configured VM.
     #[error(
-        "{0:?} is not a valid VM name (lowercase letters, digits and '-', starting with a letter)"
+        "{0:?} is not a valid VM name (lowercase letters, digits and '-', starting with a letter and not ending with '-')"
     )]
     BadName(String),
     /// The user's command does not fit in one protocol request.

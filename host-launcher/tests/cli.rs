@@ -278,3 +278,87 @@ fn every_option_reaches_the_crosvm_command() {
     assert!(params.iter().any(|p| p.starts_with("vmsilo.ifname=lan,")));
     assert_eq!(plan["vms"][0]["textColor"], "#ffffff", "white text on navy");
 }
+
+/// Runs `vmsilo ARGS`, failing the test instead of hanging when it doesn't finish.
+fn vmsilo_within(args: &[&std::ffi::OsStr], secs: u64) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_vmsilo"))
+        .args(args)
+        .env_remove("VMSILO_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(out) => out,
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("vmsilo {args:?} did not finish within {secs} s");
+        }
+    }
+}
+
+#[test]
+fn check_and_plan_refuse_a_fifo_instead_of_waiting_for_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("cfg.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let link = dir.path().join("link-to-fifo.json");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    for (cmd, path) in [("check", &fifo), ("plan", &link)] {
+        let out = vmsilo_within(&[cmd.as_ref(), path.as_os_str()], 20);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "error: cannot read {}: not a regular file (a FIFO)\n",
+                path.display()
+            )
+        );
+    }
+    let out = vmsilo_within(&["check".as_ref(), "/dev/zero".as_ref()], 20);
+    assert_eq!(
+        text(&out.stderr),
+        "error: cannot read /dev/zero: not a regular file (a character device)\n"
+    );
+}
+
+#[test]
+fn check_lists_problems_in_path_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("c.json");
+    // nixosVms[2]'s bad type is found while reading, nixosVms[0]'s and nixosVms[10]'s name only
+    // when validating; the report is still ordered by path, indices as numbers.
+    let mut vms: Vec<serde_json::Value> = (0..11)
+        .map(|i| serde_json::json!({ "id": 3 + 2 * i, "name": format!("vm{i}") }))
+        .collect();
+    vms[0]["name"] = "bad-".into();
+    vms[2]["memory"] = "lots".into();
+    vms[10]["name"] = "Bad".into();
+    let config = serde_json::json!({ "user": "david", "userUid": 1000, "nixosVms": vms });
+    std::fs::write(&doc, config.to_string()).unwrap();
+    let out = vmsilo(&["check", doc.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let paths: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - ")?.split(':').next())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "nixosVms[0].name",
+            "nixosVms[2].memory",
+            "nixosVms[10].name"
+        ],
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "\"bad-\" is not a VM name: use a lowercase letter then lowercase letters, digits or '-', not ending with '-'"
+        ),
+        "{stderr}"
+    );
+}

@@ -95,3 +95,147 @@ fn desktop_subcommand_reports_a_bad_config() {
     assert!(err.contains("nixosVms[0].id"), "{err}");
     assert!(!dir.path().join("out").exists());
 }
+
+/// Runs `vmsilo desktop` on `cfg`, failing the test instead of hanging when it doesn't finish.
+fn desktop_within(cfg: &Path, out: &Path, envs: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmsilo"));
+    cmd.args(["desktop", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .env_remove("VMSILO_LOG")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(out) => out,
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("vmsilo desktop did not finish within 30 s");
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+}
+
+/// A package with everything a broken or hostile guest package can put where desktop files and
+/// icons are looked up: FIFOs, a directory and a link loop named `*.desktop`, a link to a file
+/// that isn't a desktop file, an icon that can't be embedded; and a guestPrograms path that
+/// doesn't exist.
+#[test]
+fn odd_package_contents_are_named_in_warnings_and_never_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("pkg");
+    let apps = pkg.join("share/applications");
+    let icons = pkg.join("share/icons/hicolor/scalable/apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    std::fs::create_dir_all(&icons).unwrap();
+    std::fs::create_dir_all(pkg.join("share/doc")).unwrap();
+    let entry = |name: &str, icon: &str| {
+        format!("[Desktop Entry]\nType=Application\nName={name}\nExec={name}\nIcon={icon}\n")
+    };
+    std::fs::write(
+        apps.join("good.desktop"),
+        entry("good", "goodicon")
+            + "Actions=bad;\n[Desktop Action bad]\nName=Bad\nExec=\"unclosed\n",
+    )
+    .unwrap();
+    std::fs::write(apps.join("piped.desktop"), entry("piped", "fifoicon")).unwrap();
+    mkfifo(&apps.join("fifo.desktop"));
+    std::fs::create_dir(apps.join("folder.desktop")).unwrap();
+    std::os::unix::fs::symlink("loop.desktop", apps.join("loop.desktop")).unwrap();
+    std::fs::write(pkg.join("share/doc/README"), "hello\nworld\n").unwrap();
+    std::os::unix::fs::symlink("../doc/README", apps.join("readme.desktop")).unwrap();
+    std::fs::write(icons.join("goodicon.svg"), b"\xff\xfe not utf-8").unwrap();
+    mkfifo(&icons.join("fifoicon.svg"));
+    let missing = dir.path().join("no-such-package");
+
+    let config = serde_json::json!({
+        "user": "david",
+        "userUid": 1000,
+        "nixosVms": [{ "id": 3, "name": "t", "color": "red",
+                       "guestPrograms": [&missing, &pkg] }]
+    });
+    let cfg = dir.path().join("config.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let o = desktop_within(&cfg, &dir.path().join("out"), &[]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("2 desktop entries for 1 VM"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expect = [
+        format!(
+            "vmsilo: t: {}: guestPrograms package does not exist; no entries from it",
+            missing.display()
+        ),
+        format!(
+            "vmsilo: t: skipped {}: not a regular file (a FIFO)",
+            apps.join("fifo.desktop").display()
+        ),
+        format!(
+            "vmsilo: t: skipped {}: a directory named like a desktop file; not read",
+            apps.join("folder.desktop").display()
+        ),
+        format!(
+            "vmsilo: t: skipped {}: symbolic link that can't be followed: Too many levels of symbolic links (os error 40)",
+            apps.join("loop.desktop").display()
+        ),
+        format!(
+            "vmsilo: t: skipped {}: (symbolic link to {}) not a desktop file: line 1 is neither a [group] header, a key=value pair nor a comment: \"hello\"",
+            apps.join("readme.desktop").display(),
+            pkg.join("share/doc/README").display()
+        ),
+        format!(
+            "vmsilo: t: {}: cannot embed icon (SVG is not UTF-8); using a letter badge",
+            icons.join("goodicon.svg").display()
+        ),
+    ];
+    for line in &expect {
+        assert!(
+            lines.contains(&line.as_str()),
+            "missing {line:?} in:\n{stderr}"
+        );
+    }
+    let action = format!(
+        "vmsilo: t: {}: action \"bad\" left out: its Exec is unusable: ",
+        apps.join("good.desktop").display()
+    );
+    assert!(lines.iter().any(|l| l.starts_with(&action)), "{stderr}");
+    // Every line is in the one `vmsilo: …` format, without tracing's timestamps or colours.
+    assert_eq!(lines.len(), expect.len() + 1, "{stderr}");
+}
+
+/// Logs piped to a file or another program carry no terminal colour codes.
+#[test]
+fn piped_logs_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("pkg");
+    std::fs::create_dir_all(pkg.join("share/applications")).unwrap();
+    std::fs::write(
+        pkg.join("share/applications/hidden.desktop"),
+        "[Desktop Entry]\nType=Application\nName=x\nExec=x\nNoDisplay=true\n",
+    )
+    .unwrap();
+    let config = serde_json::json!({
+        "user": "david",
+        "userUid": 1000,
+        "nixosVms": [{ "id": 3, "name": "t", "guestPrograms": [&pkg] }]
+    });
+    let cfg = dir.path().join("config.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let o = desktop_within(&cfg, &dir.path().join("out"), &[("VMSILO_LOG", "info")]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("INFO") && stderr.contains("NoDisplay=true"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}

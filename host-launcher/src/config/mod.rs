@@ -62,7 +62,7 @@ pub enum ConfigError {
     Invalid {
         /// File name or "the document".
         origin: String,
-        /// Every problem found, in document order.
+        /// Every problem found, sorted by JSON path.
         issues: Vec<Issue>,
     },
 }
@@ -217,29 +217,11 @@ pub fn from_value(doc: &serde_json::Value, origin: &str) -> Result<Config, Confi
 
 /// Load a document from a file: a regular file of at most [`MAX_DOCUMENT_BYTES`].
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    use std::io::Read;
     let read_error = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    let meta = file.metadata().map_err(read_error)?;
-    if !meta.is_file() {
-        return Err(read_error(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_DOCUMENT_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
-        return Err(read_error(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} MiB", MAX_DOCUMENT_BYTES >> 20),
-        )));
-    }
+    let bytes = crate::files::read_regular(path, MAX_DOCUMENT_BYTES).map_err(read_error)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         read_error(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

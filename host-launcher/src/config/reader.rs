@@ -46,9 +46,54 @@ impl Issues {
         self.0.borrow().iter().any(|issue| issue.path == path)
     }
 
+    /// Every issue, sorted by JSON path (list indices as numbers, so `nixosVms[2]` comes
+    /// before `nixosVms[10]`); issues at one path keep the order they were found in.
     pub(crate) fn into_vec(self) -> Vec<Issue> {
-        self.0.into_inner()
+        let mut issues = self.0.into_inner();
+        issues.sort_by_cached_key(|issue| path_key(&issue.path));
+        issues
     }
+}
+
+/// One step of a JSON path, for sorting.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Index(usize),
+    Key(String),
+}
+
+/// `a.b[3]["odd key"]` as steps `a`, `b`, 3, `odd key`; text that doesn't parse stays one key.
+fn path_key(path: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(inner) = rest.strip_prefix('[') {
+            if inner.starts_with('"') {
+                let mut de = serde_json::Deserializer::from_str(inner).into_iter::<String>();
+                if let Some(Ok(key)) = de.next() {
+                    let after = &inner[de.byte_offset()..];
+                    if let Some(after) = after.strip_prefix(']') {
+                        steps.push(Step::Key(key));
+                        rest = after;
+                        continue;
+                    }
+                }
+            } else if let Some((digits, after)) = inner.split_once(']')
+                && let Ok(i) = digits.parse()
+            {
+                steps.push(Step::Index(i));
+                rest = after;
+                continue;
+            }
+            steps.push(Step::Key(rest.to_owned()));
+            break;
+        }
+        let rest_trimmed = rest.strip_prefix('.').unwrap_or(rest);
+        let end = rest_trimmed.find(['.', '[']).unwrap_or(rest_trimmed.len());
+        steps.push(Step::Key(rest_trimmed[..end].to_owned()));
+        rest = &rest_trimmed[end..];
+    }
+    steps
 }
 
 /// Append an object key to a path, quoting keys that aren't plain identifiers.
@@ -412,4 +457,25 @@ pub(crate) fn scalar_options(
         out.insert(key.clone(), scalar);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_keys_split_keys_indices_and_quoted_keys() {
+        assert_eq!(
+            path_key(r#"a.b[10]["x.y]"].c"#),
+            [
+                Step::Key("a".into()),
+                Step::Key("b".into()),
+                Step::Index(10),
+                Step::Key("x.y]".into()),
+                Step::Key("c".into())
+            ]
+        );
+        assert!(path_key("v[2].z") < path_key("v[10].a"));
+        assert_eq!(path_key(""), []);
+    }
 }

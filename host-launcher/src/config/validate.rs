@@ -125,7 +125,7 @@ fn name(issues: &Issues, base: &str, vm: &Vm, seen: &mut BTreeMap<String, u32>) 
         issues.push(
             at,
             format!(
-                "{:?} is not a VM name: use a lowercase letter then lowercase letters, digits or '-', at most {VM_NAME_MAX} characters (it becomes part of paths, unit and TAP names)",
+                "{:?} is not a VM name: use a lowercase letter then lowercase letters, digits or '-', not ending with '-', at most {VM_NAME_MAX} characters (it becomes part of paths, unit and TAP names)",
                 vm.name
             ),
         );
@@ -208,7 +208,7 @@ fn interfaces(issues: &Issues, base: &str, vm: &Vm) {
                     Some(net) if !net.name.is_empty() && !is_vm_name(&net.name) => issues.push(
                         format!("{at}.vmNetwork.name"),
                         format!(
-                            "{:?} is not a network name: a lowercase letter then lowercase letters, digits or '-', at most {VM_NAME_MAX} characters",
+                            "{:?} is not a network name: a lowercase letter then lowercase letters, digits or '-', not ending with '-', at most {VM_NAME_MAX} characters",
                             net.name
                         ),
                     ),

@@ -74,7 +74,7 @@ pub struct GuestImage {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
-    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    let out = super::interrupt::output(cmd, what).with_context(|| format!("cannot run {what}"))?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}",

@@ -12,6 +12,7 @@
 //! compositor here, so the VMs get no GPU.
 
 mod guest;
+mod interrupt;
 mod prereq;
 
 use std::fmt::Write as _;
@@ -21,11 +22,12 @@ use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::config::{self, Config};
 use crate::paths::Paths;
+use crate::qemu::Accel;
 
 /// Subnet of the demo's vm-switch network.
 const DEMO_NET: &str = "demo";
@@ -62,9 +64,61 @@ pub struct DemoArgs {
     #[arg(long)]
     pub no_install: bool,
 
-    /// QEMU accelerator (kvm or tcg); default kvm when /dev/kvm can boot stock kernels.
-    #[arg(long)]
-    pub accel: Option<String>,
+    /// QEMU accelerator for the demo VMs.
+    #[arg(long, value_enum, default_value_t = DemoAccel::Auto)]
+    pub accel: DemoAccel,
+}
+
+/// The `--accel` choices of `vmsilo demo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoAccel {
+    /// KVM when /dev/kvm is usable hardware KVM that can boot stock kernels, else TCG.
+    Auto,
+    /// Hardware virtualisation (/dev/kvm).
+    Kvm,
+    /// Software emulation: slow, works everywhere.
+    Tcg,
+}
+
+/// The accelerator the demo VMs get and why, in words for the transcript. `auto` decides as
+/// `vmsilo vm run` does without `--accel` ([`Accel::detect`]), and says what it found.
+fn choose_accel(requested: DemoAccel, dev_kvm: &Path, sys_module: &Path) -> (Accel, String) {
+    match requested {
+        DemoAccel::Kvm => (Accel::Kvm, "KVM (--accel kvm)".to_owned()),
+        DemoAccel::Tcg => (Accel::Tcg, "TCG (--accel tcg)".to_owned()),
+        DemoAccel::Auto => {
+            let kvm = dev_kvm.display();
+            let open = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dev_kvm);
+            let (accel, why) = match open {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (Accel::Tcg, format!("TCG: there is no {kvm}"))
+                }
+                Err(e) => (
+                    Accel::Tcg,
+                    format!("TCG: {kvm} cannot be opened read-write ({e})"),
+                ),
+                Ok(_) if sys_module.join("kvm_pvm").exists() => (
+                    Accel::Tcg,
+                    format!(
+                        "TCG: {kvm} is KVM-PVM (module kvm_pvm is loaded), which cannot boot stock kernels"
+                    ),
+                ),
+                Ok(_) => (Accel::Kvm, format!("KVM: {kvm} is usable hardware KVM")),
+            };
+            (accel, format!("{why} (--accel kvm or tcg to choose)"))
+        }
+    }
+}
+
+/// The `--accel` value of `vmsilo vm run` for `accel`.
+fn accel_arg(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    }
 }
 
 /// The transcript: timestamped lines on stdout, and a tally of checks.
@@ -83,12 +137,17 @@ impl Transcript {
         }
     }
 
+    /// A timestamped line; further lines of `text` are indented under it.
     fn say(&self, text: impl AsRef<str>) {
+        let mut lines = text.as_ref().lines();
         println!(
             "[{:7.1}s] {}",
             self.start.elapsed().as_secs_f64(),
-            text.as_ref()
+            lines.next().unwrap_or_default()
         );
+        for line in lines {
+            println!("            {line}");
+        }
     }
 
     fn detail(&self, text: impl AsRef<str>) {
@@ -127,8 +186,7 @@ fn cargo(src: &Path, args: &[&str], rustflags: Option<&str>) -> Result<()> {
     if let Some(flags) = rustflags {
         cmd.env("RUSTFLAGS", flags);
     }
-    let st = cmd
-        .status()
+    let st = interrupt::status(&mut cmd, "cargo build")
         .context("cannot run cargo (needed to build the demo's tools from source)")?;
     if !st.success() {
         bail!("cargo {} failed ({st})", args.join(" "));
@@ -272,9 +330,18 @@ struct Guard {
     child: Child,
 }
 
+impl Guard {
+    /// Start `cmd` as `name`, known to the signal cleanup.
+    fn spawn(cmd: &mut Command, name: String) -> Result<Self> {
+        let child = interrupt::spawn(cmd, &name).with_context(|| format!("cannot start {name}"))?;
+        Ok(Self { name, child })
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(10));
+        interrupt::forget(&self.child);
         tracing::debug!("stopped {}", self.name);
     }
 }
@@ -327,12 +394,9 @@ fn start_proxy(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?);
-    let child = cmd.spawn().context("cannot start vmsilo proxy")?;
+    let guard = Guard::spawn(&mut cmd, format!("vmsilo proxy {vm}"))?;
     drop(listener);
-    Ok(Guard {
-        name: format!("proxy {vm}"),
-        child,
-    })
+    Ok(guard)
 }
 
 /// Run `vm-run` as a user would, with the demo's runtime directory.
@@ -343,8 +407,8 @@ fn vm_run(
     stdin: Option<&[u8]>,
 ) -> Result<(Output, Duration)> {
     let started = Instant::now();
-    let mut child = Command::new(&bins.vm_run)
-        .args(args)
+    let mut cmd = Command::new(&bins.vm_run);
+    cmd.args(args)
         .env("VMSILO_RUN_DIR", &paths.run_dir)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -352,14 +416,16 @@ fn vm_run(
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run vm-run")?;
+        .stderr(Stdio::piped());
+    let mut child = interrupt::spawn(&mut cmd, "vm-run").context("cannot run vm-run")?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use std::io::Write;
         pipe.write_all(data)?;
     }
-    let out = child.wait_with_output()?;
+    let pid = child.id();
+    let out = child.wait_with_output();
+    interrupt::forget_pid(pid);
+    let out = out?;
     Ok((out, started.elapsed()))
 }
 
@@ -405,8 +471,52 @@ fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
 /// Run the demo; the exit code says whether every check passed.
 pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let mut t = Transcript::new();
+    // Before any thread or process exists, so all of them leave the signals to its thread.
+    interrupt::install(t.start).context("cannot take over SIGINT and SIGTERM")?;
     t.say("vmsilo demo: the bundled quick-start example as tiny VMs on the QEMU backend");
-    let tools = prereq::ensure(&args.kroot, !args.no_install, &mut |m| t.say(m))?;
+    let (accel, why) = choose_accel(args.accel, Path::new("/dev/kvm"), Path::new("/sys/module"));
+    t.say(format!("accelerator: {why}"));
+
+    let mut tmp = None;
+    let work = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.canonicalize()?
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("vmsilo-demo.")
+                .tempdir()
+                .context("cannot create the work directory")?;
+            let path = dir.path().canonicalize()?;
+            if !args.keep {
+                interrupt::set_temp_work_dir(Some(path.clone()));
+            }
+            tmp = Some(dir);
+            path
+        }
+    };
+    t.say(format!("work directory: {}", work.display()));
+    let logs = work.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    interrupt::set_logs(logs.clone());
+    let install_log = logs.join("install.log");
+    let tools = match prereq::ensure(&args.kroot, !args.no_install, &install_log, &mut |m| {
+        t.say(m)
+    }) {
+        Ok(tools) => tools,
+        Err(e) => {
+            if install_log.exists() {
+                // The error names the log; it must outlive the demo.
+                interrupt::set_temp_work_dir(None);
+                if let Some(dir) = tmp.take() {
+                    let _ = dir.keep();
+                }
+            }
+            return Err(e);
+        }
+    };
     let vmtest = match &args.vmtest {
         Some(dir) => dir.clone(),
         None => source_tree()
@@ -416,18 +526,6 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     };
     let bins = binaries(args, &t)?;
 
-    let tmp;
-    let work = match &args.work_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new().prefix("vmsilo-demo.").tempdir()?;
-            tmp.path().to_owned()
-        }
-    };
-    let work = work.canonicalize()?;
     let image = guest::build(&work, &tools.kroot, &vmtest, &bins.agent)?;
     t.say(format!(
         "guest: {} + initramfs with vmsilo-agent ({} KiB)",
@@ -468,8 +566,6 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         }
     }
 
-    let logs = work.join("logs");
-    std::fs::create_dir_all(&logs)?;
     let mut switch = Command::new(&bins.vm_switch);
     switch
         .args(["--name", DEMO_NET, "--config-dir"])
@@ -478,10 +574,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(logs.join("vm-switch.log"))?);
-    let _switch = Guard {
-        name: "vm-switch".into(),
-        child: switch.spawn().context("cannot start vm-switch")?,
-    };
+    let _switch = Guard::spawn(&mut switch, "vm-switch".into())?;
     t.say(format!(
         "vm-switch {DEMO_NET:?} running (config dir {})",
         paths.switch_net_dir(DEMO_NET).display()
@@ -489,8 +582,8 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
 
     let mut proxies = Vec::new();
     for vm in config.vm_names() {
-        let mut start = format!(
-            "echo $$ > {pid} && exec {vmsilo} vm run {vm} --root {root} --config {cfg} --qemu {qemu} --vhost-device-vsock {vsock} >> {log} 2>&1",
+        let start = format!(
+            "echo $$ > {pid} && exec {vmsilo} vm run {vm} --root {root} --config {cfg} --accel {accel} --qemu {qemu} --vhost-device-vsock {vsock} >> {log} 2>&1",
             pid = sh(&logs.join(format!("{vm}.service.pid"))),
             vmsilo = sh(&bins.vmsilo),
             root = sh(&root),
@@ -498,13 +591,8 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             qemu = sh(&tools.qemu),
             vsock = sh(&tools.vhost_device_vsock),
             log = sh(&logs.join(format!("{vm}.service.log"))),
+            accel = accel_arg(accel),
         );
-        if let Some(accel) = &args.accel {
-            start = start.replace(
-                " --qemu ",
-                &format!(" --accel {} --qemu ", sh(Path::new(accel))),
-            );
-        }
         proxies.push(start_proxy(
             &bins,
             &paths,
@@ -550,8 +638,12 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         t.failed.len()
     ));
     if args.keep || args.work_dir.is_some() {
+        if let Some(dir) = tmp {
+            let _ = dir.keep();
+        }
         t.say(format!("work directory kept: {}", work.display()));
     } else {
+        drop(tmp);
         t.say("cleaned up the work directory");
     }
     Ok(if t.failed.is_empty() {
@@ -757,4 +849,37 @@ fn scenario(
         format!("status {}", out.status),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn auto_accelerator_matches_the_vm_service_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let kvm = dir.path().join("kvm");
+        let modules = dir.path().join("module");
+        std::fs::create_dir(&modules).unwrap();
+        let auto = || choose_accel(DemoAccel::Auto, &kvm, &modules);
+        let (accel, why) = auto();
+        assert_eq!(accel, Accel::Tcg);
+        assert!(why.starts_with("TCG: there is no "), "{why}");
+        std::fs::write(&kvm, b"").unwrap();
+        let (accel, why) = auto();
+        assert_eq!(accel, Accel::detect(&kvm, &modules));
+        assert!(
+            why.starts_with("KVM: ") && why.contains("usable hardware KVM"),
+            "{why}"
+        );
+        std::fs::create_dir(modules.join("kvm_pvm")).unwrap();
+        let (accel, why) = auto();
+        assert_eq!(accel, Accel::detect(&kvm, &modules));
+        assert!(why.starts_with("TCG: ") && why.contains("KVM-PVM"), "{why}");
+        assert_eq!(
+            choose_accel(DemoAccel::Kvm, &kvm, &modules),
+            (Accel::Kvm, "KVM (--accel kvm)".to_owned())
+        );
+    }
 }

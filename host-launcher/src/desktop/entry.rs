@@ -92,6 +92,8 @@ pub struct HostEntry {
     pub name: String,
     /// The original `Icon` value, for finding the picture to frame.
     pub original_icon: Option<String>,
+    /// Parts of the original left out, with why, for the generator to report.
+    pub left_out: Vec<String>,
 }
 
 /// Everything the conversion needs to know about where the entry comes from and goes.
@@ -192,6 +194,7 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
     // Desktop actions.
     let mut actions = Vec::new();
     let mut action_groups = Vec::new();
+    let mut left_out = Vec::new();
     for action in list(main.entry("Actions")) {
         let Some(group) = entry.groups.group(&format!("Desktop Action {action}")) else {
             tracing::debug!(%action, "action listed without a group; left out");
@@ -214,7 +217,9 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
                 actions.push(action.clone());
                 action_groups.push((action, group, cmd));
             }
-            Err(e) => tracing::warn!(%action, error = %e, "action Exec unusable; left out"),
+            Err(e) => left_out.push(format!(
+                "action {action:?} left out: its Exec is unusable: {e}"
+            )),
         }
     }
     if !actions.is_empty() {
@@ -232,6 +237,7 @@ pub fn convert(entry: &DesktopEntry, ctx: &Context<'_>) -> Result<HostEntry, Ski
         kf.set("Exec", &cmd);
     }
     Ok(HostEntry {
+        left_out,
         text: kf.render(),
         name: host_name,
         original_icon: icon,

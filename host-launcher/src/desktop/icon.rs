@@ -144,7 +144,7 @@ fn best_in(root: &Path, name: &str, recursive: bool) -> Option<IconSource> {
         .into_iter()
         .filter(|p| IconKind::from_path(p) == Some(IconKind::Png))
         .filter_map(|p| {
-            let width = std::fs::read(&p)
+            let width = crate::files::read_regular(&p, MAX_ICON_BYTES)
                 .ok()
                 .and_then(|b| png_size(&b))
                 .map(|(w, _)| w)?;
@@ -264,16 +264,19 @@ fn shades(color: &str) -> Shades {
 }
 
 /// Compose the host icon: the original (or a letter badge) with a rounded frame in `color` drawn
-/// on top of it.
-pub fn compose_app_icon(source: Option<&IconSource>, color: &str, title: &str) -> String {
+/// on top of it. Also returns why `source` could not be embedded, when a letter badge stands in
+/// for it, for the caller to report.
+pub fn compose_app_icon(
+    source: Option<&IconSource>,
+    color: &str,
+    title: &str,
+) -> (String, Option<String>) {
     let sh = shades(color);
-    let inner = source.and_then(|s| match embed(s) {
-        Ok(inner) => Some(inner),
-        Err(why) => {
-            tracing::warn!(icon = %s.path.display(), %why, "cannot embed icon; using a letter badge");
-            None
-        }
-    });
+    let (inner, problem) = match source.map(embed) {
+        Some(Ok(inner)) => (Some(inner), None),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
+    };
     let body = inner.unwrap_or_else(|| letter_badge(title, &sh));
     let mut svg = String::new();
     svg.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -309,7 +312,7 @@ pub fn compose_app_icon(source: Option<&IconSource>, color: &str, title: &str) -
         sh.dark
     );
     svg.push_str("</svg>\n");
-    svg
+    (svg, problem)
 }
 
 /// The per-VM menu folder icon: a folder in the VM colour.
@@ -351,11 +354,8 @@ fn letter_badge(title: &str, sh: &Shades) -> String {
 
 /// The original as an `<image>` element clipped to the inner box.
 fn embed(source: &IconSource) -> Result<String, String> {
-    let meta = std::fs::metadata(&source.path).map_err(|e| e.to_string())?;
-    if meta.len() > MAX_ICON_BYTES {
-        return Err(format!("larger than {MAX_ICON_BYTES} bytes"));
-    }
-    let bytes = std::fs::read(&source.path).map_err(|e| e.to_string())?;
+    let bytes =
+        crate::files::read_regular(&source.path, MAX_ICON_BYTES).map_err(|e| e.to_string())?;
     let uri = match source.kind {
         IconKind::Png => {
             png_size(&bytes).ok_or("not a PNG file")?;

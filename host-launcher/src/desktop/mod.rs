@@ -132,9 +132,22 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// Something the user should know that didn't stop an entry from being written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// VM name.
+    pub vm: String,
+    /// The package, icon or file concerned.
+    pub path: PathBuf,
+    /// What is wrong and what was done instead.
+    pub message: String,
+}
+
 /// What a run produced.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// Problems that didn't skip an entry: missing packages, icons that couldn't be embedded.
+    pub warnings: Vec<Warning>,
     /// Entries written.
     pub generated: Vec<Generated>,
     /// Entries skipped.
@@ -165,17 +178,23 @@ fn sanitize_id(id: &str) -> String {
         .collect()
 }
 
-/// The desktop files of one package as (desktop file ID, path), sorted by ID.
+/// A path below `share/applications` that could not be used, and why.
+type Unusable = (PathBuf, String);
+
+/// The desktop files of one package as (desktop file ID, path), sorted by ID, and the paths
+/// below `share/applications` that could not be used, with why.
 ///
 /// Symlinks are followed (Nix packages are often trees of links into other store paths), but
 /// every directory and file is visited once by its canonical path, so a link back up the tree
 /// can't loop and a second link to the same directory or file can't add duplicate entries.
 /// Real directories and files are visited before links in the same directory, so the ID comes
-/// from the real name when both exist.
-fn package_entries(pkg: &Path) -> Vec<(String, PathBuf)> {
+/// from the real name when both exist. A link that can't be followed (dangling, or a loop of
+/// links) and a directory named like a desktop file are reported, not silently passed over.
+fn package_entries(pkg: &Path) -> (Vec<(String, PathBuf)>, Vec<Unusable>) {
     struct Walk {
         seen: std::collections::HashSet<PathBuf>,
         out: Vec<(String, PathBuf)>,
+        problems: Vec<Unusable>,
     }
     fn walk(dir: &Path, prefix: &str, depth: usize, w: &mut Walk) {
         let Ok(canon) = std::fs::canonicalize(dir) else {
@@ -184,25 +203,44 @@ fn package_entries(pkg: &Path) -> Vec<(String, PathBuf)> {
         if !w.seen.insert(canon) {
             return;
         }
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                w.problems
+                    .push((dir.to_owned(), format!("cannot list the directory: {e}")));
+                return;
+            }
         };
         let mut ents: Vec<_> = rd
             .flatten()
             .map(|e| (e.file_type().is_ok_and(|t| t.is_symlink()), e.file_name()))
             .collect();
         ents.sort();
-        for (_, name) in ents {
+        for (is_link, name) in ents {
             if w.out.len() >= MAX_ENTRIES_PER_PACKAGE {
                 return;
             }
             let path = dir.join(&name);
             let name = name.to_string_lossy().into_owned();
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if is_link => {
+                    w.problems
+                        .push((path, format!("symbolic link that can't be followed: {e}")));
+                    continue;
+                }
+                Err(e) => {
+                    w.problems.push((path, e.to_string()));
+                    continue;
+                }
             };
             if meta.is_dir() {
-                if depth > 0 {
+                if name.ends_with(".desktop") {
+                    w.problems.push((
+                        path,
+                        "a directory named like a desktop file; not read".to_owned(),
+                    ));
+                } else if depth > 0 {
                     walk(&path, &format!("{prefix}{name}-"), depth - 1, w);
                 }
             } else if let Some(stem) = name.strip_suffix(".desktop") {
@@ -220,10 +258,11 @@ fn package_entries(pkg: &Path) -> Vec<(String, PathBuf)> {
     let mut w = Walk {
         seen: std::collections::HashSet::new(),
         out: Vec::new(),
+        problems: Vec::new(),
     };
     walk(&pkg.join("share/applications"), "", 3, &mut w);
     w.out.sort();
-    w.out
+    (w.out, w.problems)
 }
 
 /// Generate the host desktop integration for `vms` into `out`.
@@ -239,7 +278,28 @@ pub fn generate(vms: &[VmApps], opts: &Options, out: &Path) -> Result<Report, De
         }
         let mut seen = std::collections::BTreeSet::new();
         for pkg in &vm.packages {
-            for (id, path) in package_entries(pkg) {
+            if let Err(e) = std::fs::metadata(pkg) {
+                report.warnings.push(Warning {
+                    vm: vm.name.clone(),
+                    path: pkg.clone(),
+                    message: if e.kind() == std::io::ErrorKind::NotFound {
+                        "guestPrograms package does not exist; no entries from it".to_owned()
+                    } else {
+                        format!("guestPrograms package unreadable ({e}); no entries from it")
+                    },
+                });
+                continue;
+            }
+            let (entries, problems) = package_entries(pkg);
+            for (source, reason) in problems {
+                tracing::info!(vm = %vm.name, source = %source.display(), %reason, "skipped");
+                report.skipped.push(Skipped {
+                    vm: vm.name.clone(),
+                    source,
+                    reason,
+                });
+            }
+            for (id, path) in entries {
                 let skip = |reason: String, report: &mut Report| {
                     tracing::info!(vm = %vm.name, source = %path.display(), %reason, "skipped");
                     report.skipped.push(Skipped {
@@ -269,7 +329,11 @@ pub fn generate(vms: &[VmApps], opts: &Options, out: &Path) -> Result<Report, De
                 let parsed = match DesktopEntry::from_str(&path, &text, None::<&[&str]>) {
                     Ok(p) => p,
                     Err(e) => {
-                        skip(format!("unparsable desktop file: {e}"), &mut report);
+                        let what = syntax_problem(&text).unwrap_or_else(|| e.to_string());
+                        skip(
+                            format!("{}not a desktop file: {what}", link_target(&path)),
+                            &mut report,
+                        );
                         continue;
                     }
                 };
@@ -292,11 +356,26 @@ pub fn generate(vms: &[VmApps], opts: &Options, out: &Path) -> Result<Report, De
                         continue;
                     }
                 };
+                for what in &host.left_out {
+                    report.warnings.push(Warning {
+                        vm: vm.name.clone(),
+                        path: path.clone(),
+                        message: what.clone(),
+                    });
+                }
                 let source = host
                     .original_icon
                     .as_deref()
                     .and_then(|i| icon::find_icon(i, &vm.packages, &opts.icon_dirs));
-                let svg = icon::compose_app_icon(source.as_ref(), &vm.color, &host.name);
+                let (svg, icon_problem) =
+                    icon::compose_app_icon(source.as_ref(), &vm.color, &host.name);
+                if let (Some(why), Some(s)) = (icon_problem, &source) {
+                    report.warnings.push(Warning {
+                        vm: vm.name.clone(),
+                        path: s.path.clone(),
+                        message: format!("cannot embed icon ({why}); using a letter badge"),
+                    });
+                }
                 let desktop_file = apps_dir.join(&file_name);
                 let icon_file = icons_dir.join(format!("{stem}.svg"));
                 write(&desktop_file, &host.text)?;
@@ -328,13 +407,58 @@ pub fn generate(vms: &[VmApps], opts: &Options, out: &Path) -> Result<Report, De
     Ok(report)
 }
 
+/// The text of a guest desktop file; a FIFO, device or directory is refused without opening it
+/// for a blocking read.
 fn read_bounded(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("reading: {e}"))?;
-    if meta.len() > MAX_ENTRY_BYTES {
-        return Err(format!("larger than {MAX_ENTRY_BYTES} bytes"));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("reading: {e}"))?;
+    let bytes = crate::files::read_regular(path, MAX_ENTRY_BYTES).map_err(|e| e.to_string())?;
     String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())
+}
+
+/// `(symbolic link to TARGET) ` when `path` is a link, so a message about its contents names
+/// the file actually read.
+fn link_target(path: &Path) -> String {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
+            .map(|t| format!("(symbolic link to {}) ", t.display()))
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// The first line that is neither blank, a comment, a `[group]` header nor a `key=value`
+/// pair, or a pair before any group, described for a user; `None` if every line is well formed.
+fn syntax_problem(text: &str) -> Option<String> {
+    let mut in_group = false;
+    for (n, line) in text.lines().enumerate() {
+        let n = n + 1;
+        let shown = entry::display_text(&line.chars().take(60).collect::<String>());
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            if !rest.contains(']') {
+                return Some(format!(
+                    "line {n} opens a group without closing it: {shown:?}"
+                ));
+            }
+            in_group = true;
+        } else if let Some((key, _)) = line.split_once('=') {
+            if key.is_empty() {
+                return Some(format!("line {n} has no key before '=': {shown:?}"));
+            }
+            if !in_group {
+                return Some(format!(
+                    "line {n} is a key=value pair before any [group] header: {shown:?}"
+                ));
+            }
+        } else {
+            return Some(format!(
+                "line {n} is neither a [group] header, a key=value pair nor a comment: {shown:?}"
+            ));
+        }
+    }
+    None
 }
 
 /// The key of the first line holding a NUL byte. The parser and key-file writer would drop

@@ -108,10 +108,8 @@ fn locales_of(raw: &str) -> Vec<String> {
 }
 
 fn read_app(path: &Path, vm: &str) -> Option<App> {
-    if std::fs::metadata(path).ok()?.len() > crate::desktop::MAX_ENTRY_BYTES {
-        return None;
-    }
-    let text = std::fs::read_to_string(path).ok()?;
+    let bytes = crate::files::read_regular(path, crate::desktop::MAX_ENTRY_BYTES).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     let entry = DesktopEntry::from_str(path, &text, None::<&[&str]>).ok()?;
     let group = entry.groups.desktop_entry()?;
     if group.entry("X-Vmsilo-VM") != Some(vm) {
