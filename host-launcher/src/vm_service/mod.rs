@@ -32,9 +32,10 @@
 //! sent by the main process, so the default `NotifyAccess=main` is right) and
 //! `KillMode=mixed`: systemd's SIGTERM must reach only this process, which then presses the
 //! guest's power button; with the default `control-group` the VMM would be killed at the same
-//! moment. `TimeoutStopSec` must exceed `--shutdown-timeout` (default 30 s) plus about 15 s for
-//! the forced stop. Children get no inherited descriptors, a clean signal mask, their own process
-//! group and a parent-death signal ([`process`]).
+//! moment. `TimeoutStopSec` must exceed `--shutdown-timeout` (default 30 s) plus 20 s: 5 s for
+//! the power-button request, 5 s for the stop request and 10 s for the VMM to exit before it is
+//! killed. Children get no inherited descriptors, a clean signal mask, their own process group
+//! and a parent-death signal ([`process`]).
 //!
 //! ## Exit status
 //!
