@@ -650,17 +650,23 @@ fn stop_services(
             .collect()
     };
     for (_, pid) in running(services) {
-        signal(pid, Signal::SIGTERM);
+        if alive(pid) {
+            signal(pid, Signal::SIGTERM);
+        }
     }
     wait_for(|| running(services).is_empty(), first);
     let slow = running(services);
     for (vm, pid) in &slow {
-        tracing::warn!(vm = %vm, pid, "VM service still running; asking again");
-        signal(*pid, Signal::SIGTERM);
+        if alive(*pid) {
+            tracing::warn!(vm = %vm, pid, "VM service still running; asking again");
+            signal(*pid, Signal::SIGTERM);
+        }
     }
     wait_for(|| running(&slow).is_empty(), second);
     let stuck = running(&slow);
-    for (vm, pid) in &stuck {
+    // A service that is gone but left its runtime dir has nothing left to kill (and its pid may
+    // belong to someone else by now).
+    for (vm, pid) in stuck.iter().filter(|(_, pid)| alive(*pid)) {
         let tree = process_tree(*pid);
         tracing::warn!(vm = %vm, ?tree, "VM service does not stop; killing it and its children");
         // Stop them all first, so none reacts to another's death, then kill.

@@ -667,7 +667,8 @@ fn backend_state(path: &Path) -> BackendState {
     }
     // Probe with the wrong socket type: the kernel answers EPROTOTYPE when a live SOCK_STREAM
     // socket is bound there and ECONNREFUSED when nobody is, and the backend never sees a
-    // connection (a vm-switch child would take the first one for its VMM).
+    // connection (a vm-switch child would take the first one for its VMM). A socket bound but
+    // not (yet) listening passes too; the VMM's readiness timeout covers that.
     match control::connect(path, SocketKind::SeqPacket, Instant::now(), &mut || false) {
         Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => BackendState::Listening,
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => BackendState::Stale,
