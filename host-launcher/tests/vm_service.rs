@@ -889,3 +889,61 @@ fn missing_or_stale_vm_switch_socket_is_a_clear_error_before_the_vmm_starts() {
         );
     }
 }
+
+/// Processes whose command line mentions `needle` (a test's private temporary directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if name.to_str().and_then(|n| n.parse::<u32>().ok()).is_none() {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{}: {cmdline}", name.to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// crosvm froze after start: `crosvm powerbtn` never returns. The stop is bounded all the same,
+/// a second SIGTERM kills the VMM at once, and neither the VMM nor a control CLI is left over.
+#[test]
+fn frozen_crosvm_is_killed_on_a_second_sigterm_and_its_control_cli_too() {
+    let env = Env::new(
+        r#"{ "id": 15, "name": "frozen", "gpu": false, "sharedHome": false, "rootOverlay": { "type": "tmpfs" } }"#,
+    );
+    let mut cmd = env.command("frozen");
+    cmd.env("FAKE_CROSVM_CONTROL_HANG", "1");
+    let mut child = cmd.spawn_guarded();
+    env.wait_ready(&mut child);
+    let pid = Pid::from_raw(child.id() as i32);
+    let begun = Instant::now();
+    kill(pid, Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, 20);
+    let err = stderr(&mut child);
+    assert!(status.success(), "{status}\n{err}");
+    assert!(
+        begun.elapsed() < Duration::from_secs(4),
+        "the second SIGTERM did not wait for `crosvm powerbtn`: {:?}\n{err}",
+        begun.elapsed()
+    );
+    assert!(
+        err.contains("second stop request; killing the VMM"),
+        "{err}"
+    );
+    let controls: Vec<_> = env
+        .events("crosvm.log")
+        .into_iter()
+        .filter_map(|e| e["command"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(controls, ["powerbtn"]);
+    let left = processes_mentioning(&env.dir.path().to_string_lossy());
+    assert!(left.is_empty(), "left running: {left:#?}");
+    assert!(!env.run_dir().join("frozen").exists());
+}
