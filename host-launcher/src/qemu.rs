@@ -261,7 +261,10 @@ pub fn command_line(vm: &QemuVm) -> Vec<OsString> {
         let id = format!("net-{}", nic.name);
         match &nic.backend {
             NicBackend::VhostUser { socket } => {
-                // reconnect=1: the switch may create the socket after QEMU starts, or restart.
+                // reconnect=1: a vm-switch restart under a running VM is survived (QEMU connects
+                // again). At start QEMU then retries forever before its main loop instead of
+                // failing, so the service checks the socket listens first and kills a QEMU
+                // whose QMP never answers.
                 push(&[
                     "-chardev",
                     &format!("socket,id={id},path={},reconnect=1", esc(socket)),

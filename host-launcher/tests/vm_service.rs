@@ -1,13 +1,15 @@
-//! `vmsilo vm run` driven through its CLI with recorders standing in for crosvm, the Wayland
-//! security-context helper and vhost-device-vsock (`tests/support/fake-*`, Python 3). Each test
+//! `vmsilo vm run` driven through its CLI with recorders standing in for crosvm, QEMU, the Wayland
+//! security-context helper and vhost-device-vsock (`tests/support/fake-*`, Python 3), and a plain
+//! listener standing in for vm-switch's socket of `banking` on network `internal`. Each test
 //! runs the real binary in its own process group under a temporary root and checks what it
 //! created, what it told the recorders, and that everything is gone after it exits.
 #![allow(clippy::unwrap_used)]
 
+use std::cell::Cell;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -35,6 +37,9 @@ fn support(name: &str) -> PathBuf {
 struct Env {
     dir: tempfile::TempDir,
     notify: UnixDatagram,
+    /// vm-switch's vhost-user socket for `banking` on `internal`, listening.
+    switch: Option<UnixListener>,
+    start_timeout: Cell<u64>,
 }
 
 impl Env {
@@ -60,7 +65,19 @@ impl Env {
         notify
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        Self { dir, notify }
+        let switch_dir = root.join("run/vm-switch/internal");
+        fs::create_dir_all(&switch_dir).unwrap();
+        let switch = Some(UnixListener::bind(switch_dir.join("banking.sock")).unwrap());
+        Self {
+            dir,
+            notify,
+            switch,
+            start_timeout: Cell::new(20),
+        }
+    }
+
+    fn switch_socket(&self) -> PathBuf {
+        self.root().join("run/vm-switch/internal/banking.sock")
     }
 
     fn root(&self) -> PathBuf {
@@ -104,11 +121,13 @@ impl Env {
             .arg(self.dir.path().join("sys"))
             .arg("--user-runtime-dir")
             .arg(self.dir.path().join("user-run"))
-            .args(["--shutdown-timeout", "3", "--start-timeout", "20"])
+            .args(["--shutdown-timeout", "3", "--start-timeout"])
+            .arg(self.start_timeout.get().to_string())
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env("FAKE_CROSVM_LOG", self.log("crosvm.log"))
             .env("FAKE_WAYLAND_LOG", self.log("wayland.log"))
             .env("FAKE_VSOCK_LOG", self.log("vsock.log"))
+            .env("FAKE_QEMU_LOG", self.log("qemu.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -682,4 +701,249 @@ fn guest_reboot_is_a_clean_end_and_a_crash_is_a_failure() {
                 .exists()
         );
     }
+}
+
+/// A process that is gone for good (not even a zombie), waiting briefly for init to reap.
+fn assert_gone(pid: i64, what: &str) {
+    let pid = Pid::from_raw(i32::try_from(pid).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while kill(pid, None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (pid {pid}) is still there"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const QEMU_VM: &str = r#"{ "id": 13, "name": "qvm", "vmm": "qemu", "gpu": false, "sharedHome": false,
+    "rootOverlay": { "type": "tmpfs" }, "vsock": { "transport": "vhost-user" } }"#;
+
+fn qemu_command(env: &Env, vm: &str, mode: &str) -> Command {
+    let mut cmd = env.command(vm);
+    cmd.arg("--qemu")
+        .arg(support("fake-qemu"))
+        .args(["--accel", "tcg"])
+        .env("FAKE_QEMU_MODE", mode);
+    cmd
+}
+
+fn pid_of(env: &Env, log: &str) -> i64 {
+    env.events(log)
+        .iter()
+        .find_map(|e| e["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no pid in {log}"))
+}
+
+#[test]
+fn qemu_ready_only_after_qmp_answers_and_powers_off_on_sigterm() {
+    let env = Env::new(
+        r#"{ "id": 3, "name": "banking", "vmm": "qemu", "gpu": false, "sharedHome": false,
+            "rootOverlay": { "type": "tmpfs" },
+            "network": { "interfaces": { "internal": { "type": "vm-switch",
+                "addresses": ["10.1.0.1/24"], "vmNetwork": { "name": "internal" } } } } }"#,
+    );
+    let mut child = qemu_command(&env, "banking", "ok").spawn_guarded();
+    env.wait_ready(&mut child);
+    let qmp: Vec<_> = env
+        .events("qemu.log")
+        .into_iter()
+        .filter_map(|e| e["command"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        qmp,
+        ["qmp_capabilities"],
+        "READY=1 came after the handshake"
+    );
+    let argv = env.events("qemu.log")[0]["argv"].to_string();
+    assert!(
+        argv.contains(&format!(
+            "socket,id=net-internal,path={},reconnect=1",
+            env.switch_socket().display()
+        )),
+        "{argv}"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, 20);
+    let err = stderr(&mut child);
+    assert!(status.success(), "{status}\n{err}");
+    assert!(err.contains("PoweredOff"), "{err}");
+    let qmp: Vec<_> = env
+        .events("qemu.log")
+        .into_iter()
+        .filter_map(|e| e["command"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        qmp,
+        ["qmp_capabilities", "qmp_capabilities", "system_powerdown"]
+    );
+    assert!(!env.run_dir().join("banking").exists());
+}
+
+/// QEMU stuck before its main loop (a vhost-user netdev retrying its connection): its QMP socket
+/// accepts connections but never answers. The service must not report the VM up, must give up at
+/// the start timeout with QEMU's own complaint in the error, and must leave nothing running.
+#[test]
+fn qemu_stuck_before_its_main_loop_fails_at_the_start_timeout_and_leaves_no_process() {
+    let env = Env::new(QEMU_VM);
+    env.start_timeout.set(3);
+    let begun = Instant::now();
+    let mut child = qemu_command(&env, "qvm", "stuck").spawn_guarded();
+    let status = wait_exit(&mut child, 20);
+    let err = stderr(&mut child);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        begun.elapsed() < Duration::from_secs(12),
+        "bounded by the start timeout: {:?}",
+        begun.elapsed()
+    );
+    assert!(!err.contains("VM is up"), "{err}");
+    assert!(err.contains("did not reach its main loop"), "{err}");
+    // Depending on timing the last try was answered by silence or by a full listen backlog.
+    assert!(
+        err.contains("no QMP greeting") || err.contains("listen backlog stays full"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Its stderr ended with:")
+            && err.contains("Unable to connect character device net-lan"),
+        "QEMU's stderr tail is in the error: {err}"
+    );
+    let mut buf = [0u8; 64];
+    assert!(env.notify.recv(&mut buf).is_err(), "no READY=1");
+    assert_gone(pid_of(&env, "qemu.log"), "QEMU");
+    assert_gone(pid_of(&env, "vsock.log"), "vhost-device-vsock");
+    assert!(!env.run_dir().join("qvm").exists());
+    assert!(!env.run_dir().join("qvm-console").exists());
+}
+
+/// QEMU answered at start, then froze. The power button cannot hang the stop, and a second
+/// SIGTERM cuts even that short: the VMM and its helpers are killed at once.
+#[test]
+fn qemu_that_stops_answering_is_killed_on_a_second_sigterm() {
+    let env = Env::new(QEMU_VM);
+    let mut child = qemu_command(&env, "qvm", "hang-after-ready").spawn_guarded();
+    env.wait_ready(&mut child);
+    let pid = Pid::from_raw(child.id() as i32);
+    let begun = Instant::now();
+    kill(pid, Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, 20);
+    let err = stderr(&mut child);
+    assert!(status.success(), "{status}\n{err}");
+    assert!(
+        begun.elapsed() < Duration::from_secs(4),
+        "the second SIGTERM did not wait for the power button: {:?}\n{err}",
+        begun.elapsed()
+    );
+    assert!(
+        err.contains("second stop request; killing the VMM"),
+        "{err}"
+    );
+    assert!(err.contains("Forced"), "{err}");
+    assert_gone(pid_of(&env, "qemu.log"), "QEMU");
+    assert_gone(pid_of(&env, "vsock.log"), "vhost-device-vsock");
+    assert!(!env.run_dir().join("qvm").exists());
+}
+
+#[test]
+fn missing_or_stale_vm_switch_socket_is_a_clear_error_before_the_vmm_starts() {
+    let mut env = Env::new(SWITCHED_VM);
+    env.start_timeout.set(1);
+    let sock = env.switch_socket();
+    // vm-switch not running: no socket at all.
+    drop(env.switch.take());
+    fs::remove_file(&sock).unwrap();
+    for (case, problem) in [
+        ("missing", "is missing"),
+        ("stale", "exists but nobody listens on it"),
+    ] {
+        if case == "stale" {
+            // A socket file whose owner is gone (a vm-switch that was killed).
+            drop(UnixListener::bind(&sock).unwrap());
+        }
+        let begun = Instant::now();
+        let mut child = env.command("banking").spawn_guarded();
+        let status = wait_exit(&mut child, 20);
+        let err = stderr(&mut child);
+        assert_eq!(status.code(), Some(1), "{case}: {err}");
+        assert!(begun.elapsed() < Duration::from_secs(8), "{case}");
+        let want = format!(
+            "vm-switch for network 'internal' is not running: {} {problem}",
+            sock.display()
+        );
+        assert!(err.contains(&want), "{case}: want {want:?} in {err}");
+        assert!(err.contains("start vm-switch-internal.service"), "{err}");
+        assert!(env.events("crosvm.log").is_empty(), "{case}: VMM started");
+        assert!(
+            env.events("wayland.log").is_empty(),
+            "{case}: helpers started"
+        );
+        assert!(!env.run_dir().join("banking").exists());
+        assert!(
+            !env.root()
+                .join("run/vm-switch/internal/banking.json")
+                .exists(),
+            "{case}: peer file left behind"
+        );
+    }
+}
+
+/// Processes whose command line mentions `needle` (a test's private temporary directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if name.to_str().and_then(|n| n.parse::<u32>().ok()).is_none() {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{}: {cmdline}", name.to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// crosvm froze after start: `crosvm powerbtn` never returns. The stop is bounded all the same,
+/// a second SIGTERM kills the VMM at once, and neither the VMM nor a control CLI is left over.
+#[test]
+fn frozen_crosvm_is_killed_on_a_second_sigterm_and_its_control_cli_too() {
+    let env = Env::new(
+        r#"{ "id": 15, "name": "frozen", "gpu": false, "sharedHome": false, "rootOverlay": { "type": "tmpfs" } }"#,
+    );
+    let mut cmd = env.command("frozen");
+    cmd.env("FAKE_CROSVM_CONTROL_HANG", "1");
+    let mut child = cmd.spawn_guarded();
+    env.wait_ready(&mut child);
+    let pid = Pid::from_raw(child.id() as i32);
+    let begun = Instant::now();
+    kill(pid, Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, 20);
+    let err = stderr(&mut child);
+    assert!(status.success(), "{status}\n{err}");
+    assert!(
+        begun.elapsed() < Duration::from_secs(4),
+        "the second SIGTERM did not wait for `crosvm powerbtn`: {:?}\n{err}",
+        begun.elapsed()
+    );
+    assert!(
+        err.contains("second stop request; killing the VMM"),
+        "{err}"
+    );
+    let controls: Vec<_> = env
+        .events("crosvm.log")
+        .into_iter()
+        .filter_map(|e| e["command"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(controls, ["powerbtn"]);
+    let left = processes_mentioning(&env.dir.path().to_string_lossy());
+    assert!(left.is_empty(), "left running: {left:#?}");
+    assert!(!env.run_dir().join("frozen").exists());
 }

@@ -4,7 +4,9 @@
 //! and the other created files while it runs, the guest's NIC has the derived MAC, the serial
 //! console through the `<vm>-console` link both ways, a hybrid-vsock round trip to guest port
 //! 5000 through the backend the service started, and on SIGTERM an ACPI power-button
-//! shutdown that the guest acts on, followed by removal of everything the service created.
+//! shutdown that the guest acts on, followed by removal of everything the service created. And a
+//! QEMU stuck before its main loop on a vhost-user netdev nobody accepts: a bounded failure that
+//! quotes QEMU and leaves no process behind.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
@@ -365,4 +367,130 @@ fn qemu_guest_ignoring_the_power_button_is_quit_after_the_timeout() {
     );
     assert!(!root.join("run/vmsilo/deaf").exists());
     assert!(fs::symlink_metadata(&link).is_err());
+}
+
+/// Processes whose command line mentions `needle` (a test's private temporary directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if name.to_str().and_then(|n| n.parse::<u32>().ok()).is_none() {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{}: {cmdline}", name.to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// The tester's case with the real QEMU: something is bound at vm-switch's socket path but nobody
+/// accepts there, so QEMU's vhost-user netdev (reconnect=1) retries forever before QEMU's main
+/// loop while its QMP socket already accepts connections. The service must not call the VM up,
+/// must fail at the start timeout quoting QEMU's complaint, and must leave neither QEMU nor
+/// vhost-device-vsock behind.
+#[test]
+fn qemu_stuck_on_its_vhost_user_netdev_fails_at_the_start_timeout_without_orphans() {
+    require_tool("qemu-img");
+    let vhost_device_vsock = std::env::var_os("VHOST_DEVICE_VSOCK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/vhost-device/bin/vhost-device-vsock"));
+    assert!(
+        vhost_device_vsock.is_file(),
+        "{} missing",
+        vhost_device_vsock.display()
+    );
+    let guest = test_guest();
+    let vmsilo = vmsilo_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("etc/vmsilo")).unwrap();
+    let root_img = dir.path().join("root.img");
+    fs::write(&root_img, vec![0u8; 1 << 20]).unwrap();
+    let uid = if nix::unistd::geteuid().is_root() {
+        4242
+    } else {
+        nix::unistd::getuid().as_raw()
+    };
+    let doc = serde_json::json!({
+        "user": "vmuser", "userUid": uid,
+        "nixosVms": [{
+            "id": 7, "name": "stuck", "vmm": "qemu", "memory": 256, "cpus": 1, "gpu": false,
+            "sharedHome": false, "rootOverlay": { "type": "tmpfs" },
+            "kernel": guest.kernel, "initramfs": guest.initrd, "rootDisk": { "path": root_img },
+            "vsock": { "transport": "vhost-user" },
+            "network": { "interfaces": { "lan": {
+                "type": "vm-switch", "addresses": ["10.1.0.2/24"],
+                "vmNetwork": { "name": "lan" } } } }
+        }]
+    });
+    fs::write(root.join("etc/vmsilo/config.json"), doc.to_string()).unwrap();
+    // Bound, never listening: a connect is refused, so QEMU keeps retrying.
+    let net_dir = root.join("run/vm-switch/lan");
+    fs::create_dir_all(&net_dir).unwrap();
+    let sock = net_dir.join("stuck.sock");
+    let bound = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    nix::sys::socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&bound),
+        &nix::sys::socket::UnixAddr::new(&sock).unwrap(),
+    )
+    .unwrap();
+
+    let begun = Instant::now();
+    let mut service = Command::new(&vmsilo)
+        .args([
+            "--log-level",
+            "info",
+            "vm",
+            "run",
+            "stuck",
+            "--accel",
+            "tcg",
+        ])
+        .arg("--root")
+        .arg(&root)
+        .arg("--vhost-device-vsock")
+        .arg(&vhost_device_vsock)
+        .args(["--shutdown-timeout", "3", "--start-timeout", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(i32::try_from(service.id()).unwrap());
+    let guard = scopeguard(pid);
+    let status = loop {
+        if let Some(status) = service.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(30),
+            "service still running after 30s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::mem::forget(guard);
+    let log = stderr_of(&mut service);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(!log.contains("VM is up"), "{log}");
+    assert!(log.contains("did not reach its main loop"), "{log}");
+    assert!(
+        log.contains("Unable to connect character device net-lan"),
+        "QEMU's own complaint is quoted: {log}"
+    );
+    let left = processes_mentioning(&dir.path().to_string_lossy());
+    assert!(left.is_empty(), "left running: {left:#?}");
+    assert!(!root.join("run/vmsilo/stuck").exists());
+    assert!(!net_dir.join("stuck.json").exists());
 }

@@ -617,19 +617,30 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     }
 
     // Stop whatever still runs: the VM services first (clean guest shutdown), then the rest.
-    for vm in config.vm_names() {
-        stop_service(&logs, vm);
-    }
-    let stopped = wait_for(
-        || config.vm_names().all(|vm| !vm_up(&paths, vm)),
+    // Nothing of theirs may outlive the demo or find its work directory gone.
+    let services: Vec<(String, i32)> = config
+        .vm_names()
+        .filter_map(|vm| service_pid(&logs, vm).map(|pid| (vm.to_owned(), pid)))
+        .collect();
+    let stubborn = stop_services(
+        &services,
+        |vm| vm_up(&paths, vm),
         Duration::from_secs(60),
+        Duration::from_secs(20),
     );
     drop(proxies);
     drop(_switch);
     t.check(
         "every VM stopped and its runtime directory was removed",
-        stopped,
-        "a VM service is still running",
+        stubborn.is_empty(),
+        format!(
+            "a VM service was still running: {}",
+            stubborn
+                .iter()
+                .map(|(vm, how)| format!("{vm} ({how})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     );
 
     t.say(format!(
@@ -653,16 +664,122 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     })
 }
 
-fn stop_service(logs: &Path, vm: &str) {
-    let Ok(pid) = std::fs::read_to_string(logs.join(format!("{vm}.service.pid"))) else {
-        return;
-    };
-    if let Ok(pid) = pid.trim().parse::<i32>() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+/// The pid of `vm`'s service, if it was ever started (its start command records it).
+fn service_pid(logs: &Path, vm: &str) -> Option<i32> {
+    std::fs::read_to_string(logs.join(format!("{vm}.service.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` runs (a zombie does not count: it only waits for its parent).
+fn alive(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// State and parent pid from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything; the fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// `pid` and all its descendants, parents before children.
+fn process_tree(pid: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+                && let Some((_, ppid)) = proc_stat(p)
+            {
+                parents.push((p, ppid));
+            }
+        }
     }
+    let mut tree = vec![pid];
+    let mut at = 0;
+    while at < tree.len() {
+        let parent = tree[at];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(p, _)| *p),
+        );
+        at += 1;
+    }
+    tree
+}
+
+fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}
+
+/// Stop VM services (`(vm, pid)`): SIGTERM, which powers the guest off; for those still running
+/// after `first` (`up` says whether the VM still is), a second SIGTERM, on which the service kills
+/// its VMM; after `second`, SIGKILL for the service and every process under it (the VMM, the
+/// vsock backend), so nothing outlives the demo. Returns the VMs that needed more than the first
+/// SIGTERM, with what it took.
+fn stop_services(
+    services: &[(String, i32)],
+    up: impl Fn(&str) -> bool,
+    first: Duration,
+    second: Duration,
+) -> Vec<(String, &'static str)> {
+    use nix::sys::signal::Signal;
+    let running = |list: &[(String, i32)]| -> Vec<(String, i32)> {
+        list.iter()
+            .filter(|(vm, pid)| alive(*pid) || up(vm))
+            .cloned()
+            .collect()
+    };
+    for (_, pid) in running(services) {
+        if alive(pid) {
+            signal(pid, Signal::SIGTERM);
+        }
+    }
+    wait_for(|| running(services).is_empty(), first);
+    let slow = running(services);
+    for (vm, pid) in &slow {
+        if alive(*pid) {
+            tracing::warn!(vm = %vm, pid, "VM service still running; asking again");
+            signal(*pid, Signal::SIGTERM);
+        }
+    }
+    wait_for(|| running(&slow).is_empty(), second);
+    let stuck = running(&slow);
+    // A service that is gone but left its runtime dir has nothing left to kill (and its pid may
+    // belong to someone else by now).
+    for (vm, pid) in stuck.iter().filter(|(_, pid)| alive(*pid)) {
+        let tree = process_tree(*pid);
+        tracing::warn!(vm = %vm, ?tree, "VM service does not stop; killing it and its children");
+        // Stop them all first, so none reacts to another's death, then kill.
+        for p in &tree {
+            signal(*p, Signal::SIGSTOP);
+        }
+        for p in tree.iter().rev() {
+            signal(*p, Signal::SIGKILL);
+        }
+        wait_for(|| tree.iter().all(|p| !alive(*p)), Duration::from_secs(5));
+    }
+    slow.into_iter()
+        .map(|(vm, pid)| {
+            let how = if stuck.iter().any(|(_, p)| *p == pid) {
+                "killed with its children"
+            } else {
+                "stopped on a second SIGTERM"
+            };
+            (vm, how)
+        })
+        .collect()
 }
 
 fn sh(p: &Path) -> String {
@@ -881,5 +998,57 @@ mod tests {
             choose_accel(DemoAccel::Kvm, &kvm, &modules),
             (Accel::Kvm, "KVM (--accel kvm)".to_owned())
         );
+    }
+
+    /// A "service" that ignores SIGTERM, with a child that does too (a QEMU stuck before its main
+    /// loop): both are gone after `stop_services`, and the VM is reported.
+    #[test]
+    fn stop_services_kills_a_stuck_service_and_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let child_pid = dir.path().join("child");
+        let mut service = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap '' TERM; sleep 300 & echo $! > {}; exec sleep 300",
+                child_pid.display()
+            ))
+            .spawn()
+            .unwrap();
+        assert!(wait_for(|| child_pid.exists(), Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(100));
+        let grandchild: i32 = std::fs::read_to_string(&child_pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = i32::try_from(service.id()).unwrap();
+        assert!(alive(pid) && alive(grandchild));
+        assert!(process_tree(pid).contains(&grandchild));
+        let begun = Instant::now();
+        let stubborn = stop_services(
+            &[("stuck".to_owned(), pid)],
+            |_| false,
+            Duration::from_millis(500),
+            Duration::from_millis(500),
+        );
+        assert!(begun.elapsed() < Duration::from_secs(5));
+        assert_eq!(stubborn, [("stuck".to_owned(), "killed with its children")]);
+        assert!(!alive(pid), "service killed");
+        assert!(!alive(grandchild), "its child killed too");
+        service.wait().unwrap();
+    }
+
+    #[test]
+    fn stop_services_leaves_a_well_behaved_service_alone_after_one_sigterm() {
+        let mut service = Command::new("sleep").arg("300").spawn().unwrap();
+        let pid = i32::try_from(service.id()).unwrap();
+        let stubborn = stop_services(
+            &[("fine".to_owned(), pid)],
+            |_| false,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        );
+        assert!(stubborn.is_empty(), "{stubborn:?}");
+        assert!(!service.wait().unwrap().success(), "ended by SIGTERM");
     }
 }

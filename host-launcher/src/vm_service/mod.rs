@@ -7,17 +7,24 @@
 //! 2. the runtime dir `<run_dir>/<vm>/`;
 //! 3. the root overlay ([`overlay`]), a fresh qcow2 per boot unless it is tmpfs;
 //! 4. the shared home ([`home`]), seeded once from the home template;
-//! 5. vm-switch peer files ([`peers`]);
+//! 5. vm-switch peer files ([`peers`]), then a check that every vhost-user net backend the VMM
+//!    will connect to is listening (vm-switch creates a VM's socket when its peer file appears):
+//!    QEMU would otherwise hang before its main loop retrying the connection, and crosvm fail;
 //! 6. the console PTY and its `<run_dir>/<vm>-console` link ([`console`]);
 //! 7. `vhost-device-vsock` when the vsock transport is `vhost-user`;
 //! 8. the Wayland security context (`vmsilo-wayland-context`, as the user) when the VM has a GPU
 //!    and the user's compositor is there;
-//! 9. the VMM (crosvm or QEMU), then `READY=1` once its control socket answers.
+//! 9. the VMM (crosvm or QEMU), then `READY=1` once its control socket answers: for QEMU a
+//!    completed QMP handshake (QEMU answers only from its main loop; its socket accepts
+//!    connections long before), for crosvm a `SOCK_SEQPACKET` connection. A VMM that does not
+//!    answer within the start timeout is killed and the error carries the tail of its stderr.
 //!
 //! Shutdown: crosvm gets `crosvm powerbtn`, then `crosvm stop` after the timeout; QEMU gets QMP
-//! `system_powerdown`, then `quit`. A second SIGTERM skips the wait. The guest powering itself off
-//! ends the service too (exit 0). Everything created is removed on every exit path, including
-//! errors halfway through preparation.
+//! `system_powerdown`, then `quit`. Every control request has a deadline ([`control`]), so a VMM
+//! that stopped answering cannot hang the stop. A second SIGTERM or SIGINT skips the wait and
+//! kills the VMM. The guest powering itself off ends the service too (exit 0). Everything created
+//! is removed on every exit path, including errors halfway through preparation, and the VMM and
+//! every helper are killed and reaped before the service exits.
 //!
 //! ## What the unit must say
 //!
@@ -25,9 +32,10 @@
 //! sent by the main process, so the default `NotifyAccess=main` is right) and
 //! `KillMode=mixed`: systemd's SIGTERM must reach only this process, which then presses the
 //! guest's power button; with the default `control-group` the VMM would be killed at the same
-//! moment. `TimeoutStopSec` must exceed `--shutdown-timeout` (default 30 s) plus about 15 s for
-//! the forced stop. Children get no inherited descriptors, a clean signal mask, their own process
-//! group and a parent-death signal ([`process`]).
+//! moment. `TimeoutStopSec` must exceed `--shutdown-timeout` (default 30 s) plus 20 s: 5 s for
+//! the power-button request, 5 s for the stop request and 10 s for the VMM to exit before it is
+//! killed. Children get no inherited descriptors, a clean signal mask, their own process group
+//! and a parent-death signal ([`process`]).
 //!
 //! ## Exit status
 //!
@@ -46,15 +54,19 @@ pub mod peers;
 pub mod plan;
 pub mod process;
 
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -62,6 +74,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::SignalFd;
 
 use crate::qemu::{self, QemuVm};
+use control::SocketKind;
+use process::DeathSignal;
 
 pub use plan::{PlanError, build as plan};
 
@@ -117,6 +131,29 @@ pub enum ServiceError {
         /// What happened instead.
         detail: String,
     },
+    /// A vhost-user net backend the VMM needs is not serving its socket.
+    #[error("{}", net_backend_message(.network.as_deref(), .socket, .problem))]
+    NetBackend {
+        /// The vm-switch network, or `None` for a manual `vhostUser` net device.
+        network: Option<String>,
+        /// The socket the VMM would connect to.
+        socket: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The VMM runs but its control socket never answered: it did not reach its main loop.
+    #[error(
+        "the VMM ({program}) did not reach its main loop: {detail}; it was killed. {}",
+        stderr_tail_message(.stderr)
+    )]
+    VmmNotAnswering {
+        /// The VMM binary.
+        program: PathBuf,
+        /// What was waited for, for how long, and the last answer.
+        detail: String,
+        /// The last lines the VMM wrote to stderr.
+        stderr: String,
+    },
     /// The VMM exited with a failure status.
     #[error("the VMM exited with {0}")]
     VmmFailed(ExitStatus),
@@ -138,6 +175,28 @@ pub enum ServiceError {
     /// [`Outcome::StoppedWhileStarting`].
     #[error("stop requested while starting")]
     StopRequested,
+}
+
+fn net_backend_message(network: Option<&str>, socket: &Path, problem: &str) -> String {
+    match network {
+        Some(net) => format!(
+            "vm-switch for network '{net}' is not running: {} {problem}; start \
+             vm-switch-{net}.service (if it runs, its journal says why it does not serve this VM)",
+            socket.display()
+        ),
+        None => format!(
+            "the vhost-user net backend {} is not running: {problem}",
+            socket.display()
+        ),
+    }
+}
+
+fn stderr_tail_message(stderr: &str) -> String {
+    if stderr.trim().is_empty() {
+        "It wrote nothing to stderr.".to_owned()
+    } else {
+        format!("Its stderr ended with:\n{}", stderr.trim_end())
+    }
 }
 
 /// Where the service finds its programs and host interfaces. Defaults are the production paths;
@@ -249,6 +308,16 @@ pub struct VsockBackendPlan {
     pub uds: PathBuf,
 }
 
+/// A vhost-user net backend the VMM connects to at start; it must be listening before the VMM
+/// starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetBackendPlan {
+    /// The vm-switch network serving it, or `None` for a manual `vhostUser` net device.
+    pub network: Option<String>,
+    /// The backend's socket.
+    pub socket: PathBuf,
+}
+
 /// Everything the service does for one VM, decided up front from the config
 /// (see [`plan::build`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +334,8 @@ pub struct Plan {
     pub home: Option<HomePlan>,
     /// (`<switch_dir>/<net>`, peer) per vm-switch interface.
     pub peers: Vec<(PathBuf, peers::Peer)>,
+    /// vhost-user net sockets that must be listening before the VMM starts.
+    pub net_backends: Vec<NetBackendPlan>,
     /// PCI devices (`dddd:bb:dd.f`).
     pub pci: Vec<String>,
     /// Security context, if the VM has a GPU.
@@ -327,6 +398,100 @@ pub enum Outcome {
 
 /// crosvm's exit status when the guest requested a reboot.
 const CROSVM_REBOOT_STATUS: i32 = 32;
+
+/// How long one control request (power button, stop) may take before it counts as failed.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one readiness probe of the VMM's control socket may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long vm-switch gets to create a VM's socket after its peer file appears. It reacts within
+/// milliseconds; this covers a loaded host. Never more than the start timeout.
+const SWITCH_SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+/// How many of the VMM's last stderr lines an error quotes.
+const STDERR_TAIL_LINES: usize = 15;
+
+/// The VMM's stderr, passed through to the service's own (the journal) as it comes, with its last
+/// lines kept for error messages.
+struct StderrTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl StderrTail {
+    fn capture(child: &mut Child) -> Self {
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        let reader = child.stderr.take().map(|pipe| {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(pipe);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    // Bounded lines: a VMM printing without newlines cannot grow this.
+                    match (&mut reader).take(4096).read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let _ = io::stderr().write_all(&line);
+                    if let Ok(mut tail) = lines.lock() {
+                        if tail.len() == STDERR_TAIL_LINES {
+                            tail.pop_front();
+                        }
+                        tail.push_back(String::from_utf8_lossy(&line).trim_end().to_owned());
+                    }
+                }
+            })
+        });
+        Self { lines, reader }
+    }
+
+    /// The kept lines; after the VMM exited, waits briefly for the reader to take in the rest.
+    fn text(&mut self) -> String {
+        if let Some(reader) = &self.reader {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.lines
+            .lock()
+            .map(|tail| tail.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+/// The running VMM. Dropping it kills and reaps it if it still runs, whichever way the service
+/// leaves.
+struct Vmm {
+    child: Child,
+    program: PathBuf,
+    stderr: StderrTail,
+}
+
+impl Vmm {
+    fn spawn(program: &Path, argv: &[OsString]) -> Result<Self, ServiceError> {
+        let mut cmd = Command::new(program);
+        cmd.args(argv).stdin(Stdio::null()).stderr(Stdio::piped());
+        let mut child = spawn_with("the VMM", &mut cmd, DeathSignal::Kill)?;
+        let stderr = StderrTail::capture(&mut child);
+        Ok(Self {
+            child,
+            program: program.to_path_buf(),
+            stderr,
+        })
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            tracing::warn!(pid = self.child.id(), "stopping the VMM");
+            process::terminate(&mut self.child, Duration::from_secs(2));
+        }
+    }
+}
 
 /// Everything created so far; dropping it removes all of it, in reverse order.
 #[derive(Default)]
@@ -422,7 +587,15 @@ impl Drop for Signals {
 }
 
 fn spawn(what: &'static str, cmd: &mut Command) -> Result<Child, ServiceError> {
-    process::prepare(cmd);
+    spawn_with(what, cmd, DeathSignal::Term)
+}
+
+fn spawn_with(
+    what: &'static str,
+    cmd: &mut Command,
+    death: DeathSignal,
+) -> Result<Child, ServiceError> {
+    process::prepare(cmd, death);
     let program = PathBuf::from(cmd.get_program());
     cmd.spawn().map_err(|source| ServiceError::Spawn {
         what,
@@ -463,8 +636,152 @@ fn wait_ready(
     }
 }
 
-fn socket_answers(path: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(path).is_ok()
+/// The VMM's control socket type.
+fn control_kind(plan: &Plan) -> SocketKind {
+    match plan.vmm {
+        VmmPlan::Crosvm(_) => SocketKind::SeqPacket,
+        VmmPlan::Qemu(_) => SocketKind::Stream,
+    }
+}
+
+/// What is at a vhost-user backend's socket path.
+enum BackendState {
+    /// A live stream socket is bound there.
+    Listening,
+    /// Nothing yet.
+    Missing,
+    /// A socket file nobody serves (its owner exited).
+    Stale,
+    /// Something that can never become the backend.
+    Wrong(String),
+}
+
+fn backend_state(path: &Path) -> BackendState {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return BackendState::Missing,
+        Err(e) => return BackendState::Wrong(format!("cannot be inspected: {e}")),
+        Ok(m) if !m.file_type().is_socket() => {
+            return BackendState::Wrong("exists but is not a socket".to_owned());
+        }
+        Ok(_) => {}
+    }
+    // Probe with the wrong socket type: the kernel answers EPROTOTYPE when a live SOCK_STREAM
+    // socket is bound there and ECONNREFUSED when nobody is, and the backend never sees a
+    // connection (a vm-switch child would take the first one for its VMM). A socket bound but
+    // not (yet) listening passes too; the VMM's readiness timeout covers that.
+    match control::connect(path, SocketKind::SeqPacket, Instant::now(), &mut || false) {
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => BackendState::Listening,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => BackendState::Stale,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => BackendState::Missing,
+        Ok(_) => BackendState::Wrong("is a SOCK_SEQPACKET socket, not a vhost-user backend".into()),
+        Err(e) => BackendState::Wrong(format!("cannot be checked: {e}")),
+    }
+}
+
+/// Wait until every vhost-user net backend listens, or fail naming the socket and the network.
+fn check_net_backends(
+    backends: &[NetBackendPlan],
+    signals: &Signals,
+    timeout: Duration,
+) -> Result<(), ServiceError> {
+    let wait = timeout.min(SWITCH_SOCKET_WAIT);
+    let deadline = Instant::now() + wait;
+    let mut pending: Vec<&NetBackendPlan> = backends.iter().collect();
+    loop {
+        let mut still = Vec::new();
+        for backend in pending {
+            let problem = match backend_state(&backend.socket) {
+                BackendState::Listening => continue,
+                BackendState::Wrong(problem) => Some(problem),
+                BackendState::Missing => {
+                    (Instant::now() >= deadline).then(|| format!("is missing (waited {wait:?})"))
+                }
+                BackendState::Stale => (Instant::now() >= deadline).then(|| {
+                    format!("exists but nobody listens on it (waited {wait:?}; left by a stopped vm-switch?)")
+                }),
+            };
+            if let Some(problem) = problem {
+                return Err(ServiceError::NetBackend {
+                    network: backend.network.clone(),
+                    socket: backend.socket.clone(),
+                    problem,
+                });
+            }
+            still.push(backend);
+        }
+        if still.is_empty() {
+            return Ok(());
+        }
+        pending = still;
+        if signals.wait(Duration::from_millis(50))? {
+            return Err(ServiceError::StopRequested);
+        }
+    }
+}
+
+/// Wait until the VMM's control socket answers (see the module docs), failing with the tail of
+/// its stderr if it exits or stays silent past the start timeout.
+fn wait_vmm_ready(
+    plan: &Plan,
+    tools: &Tools,
+    vmm: &mut Vmm,
+    signals: &Signals,
+) -> Result<(), ServiceError> {
+    let socket = &plan.control_socket;
+    let deadline = Instant::now() + tools.start_timeout;
+    let mut last = format!("{} never appeared", socket.display());
+    loop {
+        let stop = Cell::new(false);
+        let mut interrupted = || {
+            if signals.wait(Duration::ZERO).unwrap_or(false) {
+                stop.set(true);
+            }
+            stop.get()
+        };
+        let probe = match plan.vmm {
+            VmmPlan::Qemu(_) => control::qmp_handshake(socket, PROBE_TIMEOUT, &mut interrupted)
+                .map_err(|e| crate::error_chain(&e)),
+            VmmPlan::Crosvm(_) => control::connect(
+                socket,
+                SocketKind::SeqPacket,
+                Instant::now() + PROBE_TIMEOUT,
+                &mut interrupted,
+            )
+            .map(drop)
+            .map_err(|e| format!("{}: {e}", socket.display())),
+        };
+        if stop.get() {
+            return Err(ServiceError::StopRequested);
+        }
+        match probe {
+            Ok(()) => return Ok(()),
+            Err(why) if socket.exists() => last = why,
+            Err(_) => {}
+        }
+        if let Some(status) = vmm.child.try_wait().map_err(ServiceError::Wait)? {
+            return Err(ServiceError::NotReady {
+                what: "the VMM",
+                detail: format!(
+                    "exited with {status} before its control socket answered. {}",
+                    stderr_tail_message(&vmm.stderr.text())
+                ),
+            });
+        }
+        if Instant::now() >= deadline {
+            process::kill(&mut vmm.child);
+            return Err(ServiceError::VmmNotAnswering {
+                program: vmm.program.clone(),
+                detail: format!(
+                    "its control socket did not answer within {}s (last try: {last})",
+                    tools.start_timeout.as_secs()
+                ),
+                stderr: vmm.stderr.text(),
+            });
+        }
+        if signals.wait(Duration::from_millis(50))? {
+            return Err(ServiceError::StopRequested);
+        }
+    }
 }
 
 /// Let the user's security-context helper create (and re-create) its listener in the runtime
@@ -599,7 +916,7 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
 
     let mut created = Created::default();
     let vm_dir = plan.vm_run_dir.clone();
-    if socket_answers(&plan.control_socket) {
+    if control::in_use(&plan.control_socket, control_kind(&plan)) {
         // Another `vmsilo vm run` (the service, or vm-start-debug) has this VM up: clearing its
         // runtime dir would cut it off from everything.
         return Err(ServiceError::AlreadyRunning(plan.name.clone()));
@@ -634,6 +951,7 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
     for (net_dir, peer) in &plan.peers {
         created.peer_files.push(peers::write(net_dir, peer)?);
     }
+    check_net_backends(&plan.net_backends, signals, tools.start_timeout)?;
     let mirror = if tools.mirror_console {
         std::io::stdout().as_fd().try_clone_to_owned().ok()
     } else {
@@ -691,16 +1009,10 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
         }
     };
     tracing::info!(vm = %plan.name, program = %program.display(), ?argv, "starting VMM");
-    let mut cmd = Command::new(&program);
-    cmd.args(&argv).stdin(Stdio::null());
-    let mut vmm = spawn("the VMM", &mut cmd)?;
-    let control = plan.control_socket.clone();
-    if let Err(e) = wait_ready("the VMM", &mut vmm, signals, tools.start_timeout, || {
-        socket_answers(&control)
-    }) {
-        process::terminate(&mut vmm, Duration::from_secs(5));
-        return Err(e);
-    }
+    // Declared after `created`, so on every early return it is killed before the files it uses
+    // are removed.
+    let mut vmm = Vmm::spawn(&program, &argv)?;
+    wait_vmm_ready(&plan, tools, &mut vmm, signals)?;
     if let Err(error) = notify::notify("READY=1") {
         tracing::warn!(%error, "sd_notify READY=1 failed");
     }
@@ -708,6 +1020,7 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
 
     let outcome = supervise(&plan, tools, &mut vmm, &mut created, signals);
     let _ = notify::notify("STOPPING=1");
+    drop(vmm);
     drop(created);
     outcome
 }
@@ -716,13 +1029,13 @@ fn run_with(plan: Plan, tools: &Tools, signals: &Signals) -> Result<Outcome, Ser
 fn supervise(
     plan: &Plan,
     tools: &Tools,
-    vmm: &mut Child,
+    vmm: &mut Vmm,
     created: &mut Created,
     signals: &Signals,
 ) -> Result<Outcome, ServiceError> {
     loop {
         let stop = signals.wait(Duration::from_secs(1))?;
-        if let Some(status) = vmm.try_wait().map_err(ServiceError::Wait)? {
+        if let Some(status) = vmm.child.try_wait().map_err(ServiceError::Wait)? {
             tracing::info!(vm = %plan.name, %status, "VMM exited");
             let rebooted = matches!(plan.vmm, VmmPlan::Crosvm(_))
                 && status.code() == Some(CROSVM_REBOOT_STATUS);
@@ -764,51 +1077,86 @@ fn supervise(
     }
 }
 
-/// Power button, wait, then force.
+/// Power button, wait, then force; a second stop request kills the VMM at once.
 fn shutdown(
     plan: &Plan,
     tools: &Tools,
-    vmm: &mut Child,
+    vmm: &mut Vmm,
     signals: &Signals,
 ) -> Result<Outcome, ServiceError> {
     tracing::info!(vm = %plan.name, "powering the guest off");
     let sock = &plan.control_socket;
-    let asked = match plan.vmm {
-        VmmPlan::Crosvm(_) => control::crosvm(&tools.crosvm, "powerbtn", sock),
-        VmmPlan::Qemu(_) => control::qmp(sock, "system_powerdown"),
+    let again = Cell::new(false);
+    let mut interrupted = || {
+        if !again.get() && signals.wait(Duration::ZERO).unwrap_or(false) {
+            again.set(true);
+        }
+        again.get()
     };
-    let mut graceful = true;
-    if let Err(error) = asked {
-        tracing::warn!(%error, "power button failed; stopping the VMM");
-        graceful = false;
-    }
-    if graceful {
-        let deadline = Instant::now() + tools.shutdown_timeout;
-        while Instant::now() < deadline {
-            if vmm.try_wait().map_err(ServiceError::Wait)?.is_some() {
-                return Ok(Outcome::PoweredOff);
+    let asked = match plan.vmm {
+        VmmPlan::Crosvm(_) => control::crosvm(
+            &tools.crosvm,
+            "powerbtn",
+            sock,
+            CONTROL_TIMEOUT,
+            &mut interrupted,
+        ),
+        VmmPlan::Qemu(_) => {
+            control::qmp(sock, "system_powerdown", CONTROL_TIMEOUT, &mut interrupted)
+        }
+    };
+    match &asked {
+        Ok(()) => {
+            let deadline = Instant::now() + tools.shutdown_timeout;
+            while Instant::now() < deadline && !again.get() {
+                if vmm.child.try_wait().map_err(ServiceError::Wait)?.is_some() {
+                    return Ok(Outcome::PoweredOff);
+                }
+                if signals.wait(Duration::from_millis(100))? {
+                    again.set(true);
+                }
             }
-            if signals.wait(Duration::from_millis(100))? {
-                tracing::info!("second stop request; not waiting for the guest");
-                break;
+            if !again.get() {
+                tracing::warn!(vm = %plan.name, "guest did not power off in time; stopping the VMM");
             }
         }
-        tracing::warn!(vm = %plan.name, "guest did not power off in time; stopping the VMM");
+        Err(error) if !error.was_interrupted() => {
+            tracing::warn!(error = %crate::error_chain(error), "power button failed; stopping the VMM");
+        }
+        Err(_) => {}
     }
-    let forced = match plan.vmm {
-        VmmPlan::Crosvm(_) => control::crosvm(&tools.crosvm, "stop", sock),
-        VmmPlan::Qemu(_) => control::qmp(sock, "quit"),
-    };
-    if let Err(error) = forced {
-        tracing::warn!(%error, "stop request failed");
+    if !again.get() {
+        let forced = match plan.vmm {
+            VmmPlan::Crosvm(_) => control::crosvm(
+                &tools.crosvm,
+                "stop",
+                sock,
+                CONTROL_TIMEOUT,
+                &mut interrupted,
+            ),
+            VmmPlan::Qemu(_) => control::qmp(sock, "quit", CONTROL_TIMEOUT, &mut interrupted),
+        };
+        if let Err(error) = &forced
+            && !error.was_interrupted()
+        {
+            tracing::warn!(error = %crate::error_chain(error), "stop request failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !again.get() {
+            if vmm.child.try_wait().map_err(ServiceError::Wait)?.is_some() {
+                return Ok(Outcome::Forced);
+            }
+            if signals.wait(Duration::from_millis(100))? {
+                again.set(true);
+            }
+        }
     }
-    if process::wait_timeout(vmm, Duration::from_secs(10))
-        .map_err(ServiceError::Wait)?
-        .is_none()
-    {
+    if again.get() {
+        tracing::info!(vm = %plan.name, "second stop request; killing the VMM");
+    } else {
         tracing::warn!(vm = %plan.name, "VMM ignored the stop request; killing it");
-        process::terminate(vmm, Duration::from_secs(5));
     }
+    process::kill(&mut vmm.child);
     Ok(Outcome::Forced)
 }
 

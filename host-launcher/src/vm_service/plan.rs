@@ -11,7 +11,10 @@ use crate::derive;
 use crate::paths::Paths;
 use crate::qemu::{self, Accel, Disk, DiskFormat, Nic, NicBackend, QemuVm};
 
-use super::{HomePlan, OverlayPlan, Plan, Tools, VmmPlan, VsockBackendPlan, WaylandPlan, peers};
+use super::{
+    HomePlan, NetBackendPlan, OverlayPlan, Plan, Tools, VmmPlan, VsockBackendPlan, WaylandPlan,
+    peers,
+};
 
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +89,27 @@ pub fn build(config: &Config, name: &str, paths: &Paths, tools: &Tools) -> Resul
             ))
         })
         .collect();
+    // Every vhost-user net socket the VMM connects to at start: vm-switch's for each vm-switch
+    // interface, and (crosvm only; QEMU leaves manual devices out) manual `net` devices.
+    let mut net_backends: Vec<NetBackendPlan> = derive::net_ports(vm)
+        .into_iter()
+        .filter(|port| port.kind == InterfaceType::VmSwitch)
+        .filter_map(|port| {
+            let net = port.network?;
+            Some(NetBackendPlan {
+                socket: paths.switch_socket(&net, name),
+                network: Some(net),
+            })
+        })
+        .collect();
+    if vm.vmm == Vmm::Crosvm {
+        net_backends.extend(vm.vhost_user.iter().filter(|d| d.kind == "net").map(|d| {
+            NetBackendPlan {
+                network: None,
+                socket: d.socket.clone(),
+            }
+        }));
+    }
     let vsock_backend =
         (vm.vsock.transport == VsockTransport::VhostUser).then(|| VsockBackendPlan {
             cid: vm.id,
@@ -108,6 +132,7 @@ pub fn build(config: &Config, name: &str, paths: &Paths, tools: &Tools) -> Resul
         overlay,
         home,
         peers,
+        net_backends,
         pci: vm
             .pci_devices
             .iter()
@@ -257,7 +282,9 @@ mod tests {
             "wan": { "type": "tap", "tap": { "hostAddress": "10.0.0.254/24" }, "addresses": ["10.0.0.1/24"] },
             "internal": { "type": "vm-switch", "addresses": ["10.1.0.254/24"], "v6Addresses": ["fd00::1/64"],
               "vmNetwork": { "name": "internal", "receiveBroadcast": true, "routes": ["0.0.0.0/0"] } } } },
-          "pciDevices": [ { "path": "01:00.0" } ] },
+          "pciDevices": [ { "path": "01:00.0" } ],
+          "vhostUser": [ { "type": "net", "socket": "/ext/net.sock" },
+                         { "type": "block", "socket": "/ext/blk.sock" } ] },
         { "id": 5, "name": "banking", "vmm": "qemu", "gpu": false, "sharedHome": false,
           "rootOverlay": { "type": "tmpfs" }, "vsock": { "transport": "vhost-user" },
           "network": { "interfaces": {
@@ -318,6 +345,20 @@ mod tests {
         assert_eq!(peer.routes, ["0.0.0.0/0"]);
         assert!(peer.receive_broadcast);
         assert_eq!(plan.pci, ["0000:01:00.0"]);
+        assert_eq!(
+            plan.net_backends,
+            [
+                NetBackendPlan {
+                    network: Some("internal".into()),
+                    socket: "/r/run/vm-switch/internal/router.sock".into()
+                },
+                NetBackendPlan {
+                    network: None,
+                    socket: "/ext/net.sock".into()
+                },
+            ],
+            "vm-switch and manual net sockets are checked; the TAP and the block device not"
+        );
         assert_eq!(plan.wayland.as_ref().unwrap().color, "#2ecc71");
         assert!(plan.vsock_backend.is_none());
         let VmmPlan::Crosvm(args) = &plan.vmm else {
@@ -332,6 +373,13 @@ mod tests {
         let (config, paths, tools) = setup();
         let plan = build(&config, "banking", &paths, &tools).unwrap();
         assert_eq!(plan.overlay, OverlayPlan::Tmpfs);
+        assert_eq!(
+            plan.net_backends,
+            [NetBackendPlan {
+                network: Some("internal".into()),
+                socket: "/r/run/vm-switch/internal/banking.sock".into()
+            }]
+        );
         assert!(plan.home.is_none());
         assert!(plan.wayland.is_none());
         assert_eq!(
@@ -374,7 +422,8 @@ mod tests {
         );
         assert!(vm.params.starts_with("console=ttyS0"));
         assert!(qemu_unsupported(config.vm("banking").unwrap()).is_empty());
-        assert_eq!(qemu_unsupported(config.vm("router").unwrap()).len(), 2);
+        // gpu, sharedHome and the vhostUser devices.
+        assert_eq!(qemu_unsupported(config.vm("router").unwrap()).len(), 3);
     }
 
     #[test]
