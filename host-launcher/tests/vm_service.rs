@@ -947,3 +947,25 @@ fn frozen_crosvm_is_killed_on_a_second_sigterm_and_its_control_cli_too() {
     assert!(left.is_empty(), "left running: {left:#?}");
     assert!(!env.run_dir().join("frozen").exists());
 }
+
+#[test]
+fn a_config_that_is_not_a_regular_file_is_named_once_and_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for config in [std::path::Path::new("/dev/zero"), fifo.as_path()] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vm-start-debug"))
+            .arg("banking")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn_guarded();
+        let status = wait_exit(&mut child, 20);
+        let err = stderr(&mut child);
+        assert_eq!(status.code(), Some(1), "{err}");
+        let shown = config.display().to_string();
+        assert_eq!(err.matches(&shown).count(), 1, "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+}

@@ -43,8 +43,8 @@ pub fn run(args: &VmRunArgs) -> Result<ExitCode> {
         .config
         .clone()
         .unwrap_or_else(|| paths.config_file.clone());
-    let config = crate::config::load(&config_file)
-        .with_context(|| format!("reading {}", config_file.display()))?;
+    // The config error already names the file.
+    let config = crate::config::load(&config_file)?;
     let tools = tools(args);
     let plan = plan(&config, &args.vm, &paths, &tools)?;
     if let (VmmPlan::Qemu(_), Some(vm)) = (&plan.vmm, config.vm(&args.vm)) {
