@@ -32,6 +32,10 @@ pub const EV_TIMER: u16 = 4;
 /// queue: the guest keeps the rest in its own ring (back-pressure) instead of the switch
 /// dropping them. Small, so the queue's sojourn time stays far below the CoDel target.
 pub const BACKPRESSURE_BYTES: usize = 64 * 1024;
+/// Frames queued towards one destination at which back-pressure starts even when they are
+/// small: each queued frame costs an allocation and a timestamp, so thousands of tiny frames
+/// waiting in FQ-CoDel cost more than leaving them in the guest's ring.
+pub const BACKPRESSURE_FRAMES: usize = 128;
 /// A destination that frees no ring space for this long no longer holds back our guest: its
 /// frames go to FQ-CoDel (and are dropped there), so a peer that never drains cannot stall our
 /// traffic to everyone else.
@@ -133,7 +137,8 @@ impl Egress {
     }
 
     fn holds_back(&self) -> bool {
-        !self.stalled && self.q.backlog() >= BACKPRESSURE_BYTES
+        !self.stalled
+            && (self.q.backlog() >= BACKPRESSURE_BYTES || self.q.len() >= BACKPRESSURE_FRAMES)
     }
 }
 
