@@ -206,65 +206,7 @@ impl NetBackend {
                     }
                     self.seccomp_probe = false;
                 }
-                let gathered = Gather::collect(&ram, sq.chain(head_idx), MAX_FRAME);
-                if let Ok(g) = &gathered
-                    && g.len() > TX_HEAD
-                {
-                    // Large frame: check its headers from our copy, then let the payload go
-                    // from guest memory to the destination ring in one copy.
-                    let mut head = [0u8; TX_HEAD];
-                    if g.read(&ram, 0, &mut head).is_err() {
-                        self.guest_errors.bad_chains += 1;
-                    } else if offload::validate_head(&mut head, g.len(), self.offloads) {
-                        self.dp
-                            .from_guest_split(&mut head, g.len(), &mut |from, dst| {
-                                g.read(&ram, from, dst).is_ok()
-                            });
-                    } else {
-                        self.guest_errors.bad_offload_headers += 1;
-                    }
-                    sq.add_used(head_idx, 0);
-                    in_batch += 1;
-                    if in_batch == TX_BATCH {
-                        notify |= sq.publish_and_check();
-                        self.dp.flush();
-                        in_batch = 0;
-                    }
-                    continue;
-                }
-                let read = match gathered {
-                    Ok(g) => {
-                        self.scratch.clear();
-                        self.scratch.resize(g.len(), 0);
-                        g.read(&ram, 0, &mut self.scratch)
-                            .map_err(|Fault| ChainFault::Memory)
-                            .and_then(|()| {
-                                if g.len() < VNET_HDR {
-                                    Err(ChainFault::Length)
-                                } else {
-                                    Ok(())
-                                }
-                            })
-                    }
-                    Err(GatherError::TooManySegments) => {
-                        read_chain(&ram, sq.chain(head_idx), &mut self.scratch)
-                    }
-                    Err(GatherError::TooLong) => Err(ChainFault::Length),
-                    Err(GatherError::Memory) => Err(ChainFault::Memory),
-                };
-                match read {
-                    Ok(()) => {
-                        // Only offloads this guest negotiated, with sane offsets, may reach
-                        // another guest.
-                        if offload::validate(&mut self.scratch, self.offloads) {
-                            self.dp.from_guest(&mut self.scratch);
-                        } else {
-                            self.guest_errors.bad_offload_headers += 1;
-                        }
-                    }
-                    Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
-                    Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
-                }
+                self.switch_chain(&ram, &sq, head_idx);
                 sq.add_used(head_idx, 0);
                 in_batch += 1;
                 if in_batch == TX_BATCH {
@@ -287,6 +229,62 @@ impl NetBackend {
         self.dp.flush();
         if self.tx_paused {
             self.arm_stall_timer();
+        }
+    }
+
+    /// Read one TX chain and switch its frame; the caller returns the chain to the guest.
+    fn switch_chain(&mut self, ram: &GuestRam, sq: &SplitQueue<'_>, head_idx: u16) {
+        let gathered = Gather::collect(ram, sq.chain(head_idx), MAX_FRAME);
+        if let Ok(g) = &gathered
+            && g.len() > TX_HEAD
+        {
+            // Large frame: check its headers from our copy, then let the payload go
+            // from guest memory to the destination ring in one copy.
+            let mut head = [0u8; TX_HEAD];
+            if g.read(ram, 0, &mut head).is_err() {
+                self.guest_errors.bad_chains += 1;
+            } else if offload::validate_head(&mut head, g.len(), self.offloads) {
+                self.dp
+                    .from_guest_split(&mut head, g.len(), &mut |from, dst| {
+                        g.read(ram, from, dst).is_ok()
+                    });
+            } else {
+                self.guest_errors.bad_offload_headers += 1;
+            }
+            return;
+        }
+        let read = match gathered {
+            Ok(g) => {
+                self.scratch.clear();
+                self.scratch.resize(g.len(), 0);
+                g.read(ram, 0, &mut self.scratch)
+                    .map_err(|Fault| ChainFault::Memory)
+                    .and_then(|()| {
+                        if g.len() < VNET_HDR {
+                            Err(ChainFault::Length)
+                        } else {
+                            Ok(())
+                        }
+                    })
+            }
+            Err(GatherError::TooManySegments) => {
+                read_chain(ram, sq.chain(head_idx), &mut self.scratch)
+            }
+            Err(GatherError::TooLong) => Err(ChainFault::Length),
+            Err(GatherError::Memory) => Err(ChainFault::Memory),
+        };
+        match read {
+            Ok(()) => {
+                // Only offloads this guest negotiated, with sane offsets, may reach
+                // another guest.
+                if offload::validate(&mut self.scratch, self.offloads) {
+                    self.dp.from_guest(&mut self.scratch);
+                } else {
+                    self.guest_errors.bad_offload_headers += 1;
+                }
+            }
+            Err(ChainFault::Length) => self.guest_errors.bad_lengths += 1,
+            Err(ChainFault::Memory) => self.guest_errors.bad_chains += 1,
         }
     }
 
