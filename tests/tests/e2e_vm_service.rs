@@ -267,6 +267,30 @@ fn qemu_vm_runs_under_the_service_and_stops_cleanly() {
 }
 
 /// Kills the service's process group if the test panics before it stopped.
+/// vhost-device-vsock as tests/setup.sh installs it (or `$VHOST_DEVICE_VSOCK`).
+fn vhost_device_vsock() -> PathBuf {
+    let p = std::env::var_os("VHOST_DEVICE_VSOCK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/vhost-device/bin/vhost-device-vsock"));
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// A root for the service under `dir` (with `etc/vmsilo/`), a 1 MiB root disk image, and the uid
+/// the VM's user gets (a fixed one when we are root, else our own).
+fn service_root(dir: &std::path::Path) -> (PathBuf, PathBuf, u32) {
+    let root = dir.join("root");
+    fs::create_dir_all(root.join("etc/vmsilo")).unwrap();
+    let root_img = dir.join("root.img");
+    fs::write(&root_img, vec![0u8; 1 << 20]).unwrap();
+    let uid = if nix::unistd::geteuid().is_root() {
+        4242
+    } else {
+        nix::unistd::getuid().as_raw()
+    };
+    (root, root_img, uid)
+}
+
 struct Guard(Pid);
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -280,26 +304,11 @@ fn scopeguard(pid: Pid) -> Guard {
 #[test]
 fn qemu_guest_ignoring_the_power_button_is_quit_after_the_timeout() {
     require_tool("qemu-img");
-    let vhost_device_vsock = std::env::var_os("VHOST_DEVICE_VSOCK")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/vhost-device/bin/vhost-device-vsock"));
-    assert!(
-        vhost_device_vsock.is_file(),
-        "{} missing",
-        vhost_device_vsock.display()
-    );
+    let vhost_device_vsock = vhost_device_vsock();
     let guest = test_guest();
     let vmsilo = vmsilo_bin();
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    fs::create_dir_all(root.join("etc/vmsilo")).unwrap();
-    let root_img = dir.path().join("root.img");
-    fs::write(&root_img, vec![0u8; 1 << 20]).unwrap();
-    let uid = if nix::unistd::geteuid().is_root() {
-        4242
-    } else {
-        nix::unistd::getuid().as_raw()
-    };
+    let (root, root_img, uid) = service_root(dir.path());
     let doc = serde_json::json!({
         "user": "vmuser", "userUid": uid,
         "nixosVms": [{
@@ -396,26 +405,11 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 #[test]
 fn qemu_stuck_on_its_vhost_user_netdev_fails_at_the_start_timeout_without_orphans() {
     require_tool("qemu-img");
-    let vhost_device_vsock = std::env::var_os("VHOST_DEVICE_VSOCK")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/vhost-device/bin/vhost-device-vsock"));
-    assert!(
-        vhost_device_vsock.is_file(),
-        "{} missing",
-        vhost_device_vsock.display()
-    );
+    let vhost_device_vsock = vhost_device_vsock();
     let guest = test_guest();
     let vmsilo = vmsilo_bin();
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    fs::create_dir_all(root.join("etc/vmsilo")).unwrap();
-    let root_img = dir.path().join("root.img");
-    fs::write(&root_img, vec![0u8; 1 << 20]).unwrap();
-    let uid = if nix::unistd::geteuid().is_root() {
-        4242
-    } else {
-        nix::unistd::getuid().as_raw()
-    };
+    let (root, root_img, uid) = service_root(dir.path());
     let doc = serde_json::json!({
         "user": "vmuser", "userUid": uid,
         "nixosVms": [{
