@@ -677,4 +677,56 @@ mod tests {
             "and never asks to be run again at once"
         );
     }
+
+    #[test]
+    fn gather_reads_any_range_across_buffers_and_checks_limits() {
+        let gm = two_regions();
+        let vq = MockSplitQueue::new(&*gm, 16);
+        let bytes: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        // 100 + 0 + 150 bytes, the last straddling the two regions, then a writable buffer.
+        gm.write_slice(&bytes[..100], GuestAddress(0x1000)).unwrap();
+        gm.write_slice(&bytes[100..250], GuestAddress(0x10_0000 - 50))
+            .unwrap();
+        vq.add_desc_chains(
+            &[
+                d(0x1000, 100, F_NEXT, 1),
+                d(0x3000, 0, F_NEXT, 2),
+                d(0x10_0000 - 50, 150, F_NEXT, 3),
+                d(0x5000, 64, F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        vq.add_desc_chains(&[d(0x10_1000 - 10, 20, 0, 0)], 4)
+            .unwrap();
+        let ram = GuestRam::new(gm.clone());
+        let q = queue_of(&vq);
+        let mut sq = SplitQueue::open(&ram, &q, false).unwrap();
+        let h = sq.pop().unwrap().unwrap();
+        let g = Gather::collect(&ram, sq.chain(h), 4096).unwrap();
+        assert_eq!(g.len(), 250);
+        for (from, n) in [
+            (0, 250),
+            (0, 1),
+            (99, 2),
+            (100, 150),
+            (120, 130),
+            (249, 1),
+            (250, 0),
+        ] {
+            let mut out = vec![0u8; n];
+            g.read(&ram, from, &mut out).unwrap();
+            assert_eq!(out, bytes[from..from + n], "{from}+{n}");
+        }
+        assert_eq!(g.read(&ram, 200, &mut [0u8; 51]), Err(Fault));
+        assert!(matches!(
+            Gather::collect(&ram, sq.chain(h), 249),
+            Err(GatherError::TooLong)
+        ));
+        let h = sq.pop().unwrap().unwrap();
+        assert!(matches!(
+            Gather::collect(&ram, sq.chain(h), 4096),
+            Err(GatherError::Memory)
+        ));
+    }
 }
