@@ -26,6 +26,7 @@ use crate::control::{self, ControlError};
 use crate::datapath::{
     self, Datapath, Delivery, EV_CTL, EV_TIMER, Incoming, MAX_FRAME, Reg, VNET_HDR,
 };
+use crate::forward::DropReason;
 use crate::offload::{self, Adapted, Offloads};
 use crate::ring::Shared;
 use crate::vq::{Chain, Fault, Gather, GatherError, GuestRam, SplitQueue};
@@ -63,6 +64,16 @@ pub struct GuestErrors {
     pub unadaptable: u64,
 }
 
+/// Spoofing warnings are repeated at most this often per child.
+const SPOOF_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What [`NetBackend`] last said about spoofed frames.
+#[derive(Debug, Default)]
+struct SpoofReport {
+    reported: u64,
+    at: Option<std::time::Instant>,
+}
+
 /// Most frames queued for our guest after software segmentation of one super-frame.
 const MAX_BACKLOG: usize = 128;
 
@@ -87,6 +98,8 @@ pub struct NetBackend {
     stall_timer: Option<TimerFd>,
     /// Hostile-guest counters.
     pub guest_errors: GuestErrors,
+    /// Spoofed frames already reported, and when.
+    spoof: SpoofReport,
     /// Set when the control socket closed: main is gone.
     pub orphaned: bool,
     /// Test hook (see [`crate::child::SECCOMP_PROBE_ENV`]).
@@ -113,6 +126,7 @@ impl NetBackend {
                 .inspect_err(|e| tracing::warn!(error = %e, "no stall timer"))
                 .ok(),
             guest_errors: GuestErrors::default(),
+            spoof: SpoofReport::default(),
             orphaned: false,
             seccomp_probe: false,
         }
@@ -230,6 +244,33 @@ impl NetBackend {
         if self.tx_paused {
             self.arm_stall_timer();
         }
+        self.report_spoofing();
+    }
+
+    /// Warn (at most once a minute) when our guest sent frames with a source MAC or IP that is
+    /// not its own: worth an administrator's attention, unlike the other drop counters.
+    fn report_spoofing(&mut self) {
+        let drops = &self.dp.forwarder().drops;
+        let (mac, ip) = (
+            drops[DropReason::SpoofedMac as usize],
+            drops[DropReason::SpoofedIp as usize],
+        );
+        if mac + ip == self.spoof.reported
+            || self
+                .spoof
+                .at
+                .is_some_and(|t| t.elapsed() < SPOOF_REPORT_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            vm = %self.dp.forwarder().me().name,
+            spoofed_mac = mac,
+            spoofed_ip = ip,
+            "guest sent frames whose source MAC or IP is not its own; dropped (totals this session)"
+        );
+        self.spoof.reported = mac + ip;
+        self.spoof.at = Some(std::time::Instant::now());
     }
 
     /// Read one TX chain and switch its frame; the caller returns the chain to the guest.

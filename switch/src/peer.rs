@@ -365,16 +365,23 @@ impl PeerConfig {
                 kind: file_kind(m),
             })
         };
+        // Inside the sandbox the config directory is at /config: a link naming its real path is
+        // followed there, a link leaving it cannot be followed at all.
+        let target = crate::sandbox::link_target(file).map_err(|why| PeerFileError::Read {
+            file: crate::sandbox::shown(file),
+            message: why,
+        })?;
+        let path = target.as_deref().unwrap_or(file);
         // Checked before opening (follows symlinks) and again on the open descriptor (the path
         // may have been swapped in between); O_NONBLOCK keeps even that race from blocking.
-        let meta = std::fs::metadata(file).map_err(read_err)?;
+        let meta = std::fs::metadata(path).map_err(read_err)?;
         if let Some(e) = not_regular(&meta) {
             return Err(e);
         }
         let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(file)
+            .open(path)
             .map_err(read_err)?;
         if let Some(e) = not_regular(&f.metadata().map_err(read_err)?) {
             return Err(e);

@@ -304,6 +304,12 @@ pub fn enter(
                     {
                         Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => std::process::exit(code),
                         Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => {
+                            // Nothing inside can say this any more; the children follow main.
+                            tracing::error!(
+                                signal = %s,
+                                "the sandboxed main process was killed; every VM on this network \
+                                 lost its switch"
+                            );
                             std::process::exit(128 + s as i32)
                         }
                         _ => continue,
@@ -422,5 +428,30 @@ pub fn shown(p: &std::path::Path) -> std::path::PathBuf {
             Err(_) => p.to_path_buf(),
         },
         None => p.to_path_buf(),
+    }
+}
+
+/// Where to read `p` from inside the sandbox when it is a symlink with an absolute target:
+/// `Ok(Some(path))` under `/config` for a target inside the config directory, `Ok(None)` to read
+/// `p` as it is (no sandbox, not a link, or a relative link), and an explanation for a target
+/// the sandbox cannot see.
+pub fn link_target(p: &std::path::Path) -> Result<Option<std::path::PathBuf>, String> {
+    let Some((inside, real)) = SHOWN.get() else {
+        return Ok(None);
+    };
+    let Ok(target) = std::fs::read_link(p) else {
+        return Ok(None);
+    };
+    if !target.is_absolute() {
+        return Ok(None);
+    }
+    match target.strip_prefix(real) {
+        Ok(rest) => Ok(Some(inside.join(rest))),
+        Err(_) => Err(format!(
+            "symlink to {}, outside the config directory {}: the sandbox sees only that directory \
+             (link within it, or run with --no-sandbox)",
+            target.display(),
+            real.display()
+        )),
     }
 }

@@ -530,3 +530,36 @@ fn a_peer_reusing_a_mac_or_address_is_refused_naming_both() {
             .all(|n| is_socket(&dir.join(format!("{n}.sock"))))
     });
 }
+
+#[test]
+fn a_killed_sandboxed_main_is_reported_by_the_outer_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    std::fs::create_dir(&dir).unwrap();
+    let log = tmp.path().join("sb.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
+        .args(["--name", "kill", "--config-dir"])
+        .arg(&dir)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let mut main = String::new();
+    wait_for("the sandboxed main", || {
+        main = std::fs::read_to_string(&children).unwrap_or_default();
+        !main.trim().is_empty() && dir.join(".vm-switch.lock").exists()
+    });
+    let main: i32 = main.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(main),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(st.code(), Some(137), "{text}");
+    assert!(
+        text.contains("ERROR") && text.contains("sandboxed main process was killed"),
+        "default log level must say so:\n{text}"
+    );
+}

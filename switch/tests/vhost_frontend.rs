@@ -144,6 +144,14 @@ fn frames_are_switched_validated_and_answered() {
     send(&mut a, 10, MAC_A, [10, 1, 0, 3], [10, 1, 0, 2], 100);
     send(&mut a, 10, MAC_C, [10, 1, 0, 1], [10, 1, 0, 2], 200);
     assert!(recv_for(&mut b, Duration::from_millis(400)).is_empty());
+    // ... and reported at the default log level, naming the VM.
+    let log = sw.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("vm=a")
+            && l.contains("source MAC or IP is not its own")),
+        "{log}"
+    );
 
     // Proxy ARP: a asks for b, gets b's MAC from the switch.
     a.port.send_burst(&a.mem, 1, &mut |buf| {
@@ -405,4 +413,39 @@ fn warnings_inside_the_sandbox_name_the_real_config_path() {
         "sandbox path leaked:\n{}",
         sw.log()
     );
+}
+
+#[test]
+fn absolute_links_inside_the_config_directory_work_in_the_sandbox() {
+    let sw = Switch::start(&[]);
+    let sub = sw.dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(
+        sub.join("d.json"),
+        r#"{"name":"d","mac":"52:54:00:00:00:0d","ipv4":["10.1.0.4/24"]}"#,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(sub.join("d.json"), sw.dir.join("d.json")).unwrap();
+    let outside = sw.dir.parent().unwrap().join("o.json");
+    std::fs::write(
+        &outside,
+        r#"{"name":"o","mac":"52:54:00:00:00:0e","ipv4":["10.1.0.5/24"]}"#,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, sw.dir.join("o.json")).unwrap();
+    let t = Instant::now();
+    while !(sw.sock("d").exists() && sw.log().contains("outside the config directory")) {
+        assert!(t.elapsed() < Duration::from_secs(15), "log:\n{}", sw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = sw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("outside the config directory"))
+        .unwrap();
+    assert!(
+        line.contains(&sw.dir.join("o.json").display().to_string()),
+        "{line}"
+    );
+    assert!(!sw.sock("o").exists());
 }
