@@ -94,7 +94,43 @@ pub fn run(args: Args) -> Result<(), RunError> {
             args.buffer_size
         );
     }
+    if args.fq_codel_target >= args.fq_codel_interval {
+        return Err(RunError::Flag {
+            flag: "--fq-codel-target",
+            message: format!(
+                "{:?} must be shorter than --fq-codel-interval ({:?})",
+                args.fq_codel_target, args.fq_codel_interval
+            ),
+        });
+    }
+    if let Some(n) = &args.name
+        && (n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'))
+    {
+        return Err(RunError::Flag {
+            flag: "--name",
+            message: format!(
+                "{n:?}: 1 to 64 ASCII letters, digits, '-', '_' or '.' (it names processes)"
+            ),
+        });
+    }
     let dir = std::path::absolute(&args.config_dir).unwrap_or(args.config_dir.clone());
+    match std::fs::metadata(&dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err(RunError::Flag {
+                flag: "--config-dir",
+                message: format!("{} is not a directory", dir.display()),
+            });
+        }
+        Ok(_) => {}
+        // Usually systemd's RuntimeDirectory made it; a missing one may be a typo, so say so.
+        Err(_) => {
+            tracing::warn!(dir = %dir.display(), "config directory did not exist; creating it")
+        }
+    }
     let net = args
         .name
         .clone()

@@ -196,6 +196,27 @@ fn bad_flags_are_rejected_with_the_flag_named() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--buffer-size"), "{err}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let file = file.path().to_str().unwrap();
+    for (args, flag, says) in [
+        (vec!["-n", "", "-d", "/tmp"], "--name", "1 to 64"),
+        (vec!["-n", "a/b", "-d", "/tmp"], "--name", "1 to 64"),
+        (
+            vec!["--fq-codel-target", "10s", "--fq-codel-interval", "1ms"],
+            "--fq-codel-target",
+            "shorter than",
+        ),
+        (vec!["-d", file], "--config-dir", "is not a directory"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
+            .args(&args)
+            .arg("--no-sandbox")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted: {err}");
+        assert!(err.contains(flag) && err.contains(says), "{args:?}: {err}");
+    }
 }
 
 fn descendants(root: u32) -> Vec<(u32, String)> {
