@@ -295,18 +295,12 @@ impl NetBackend {
             return;
         }
         let read = match gathered {
+            Ok(g) if g.len() < VNET_HDR => Err(ChainFault::Length),
             Ok(g) => {
                 self.scratch.clear();
                 self.scratch.resize(g.len(), 0);
                 g.read(ram, 0, &mut self.scratch)
                     .map_err(|Fault| ChainFault::Memory)
-                    .and_then(|()| {
-                        if g.len() < VNET_HDR {
-                            Err(ChainFault::Length)
-                        } else {
-                            Ok(())
-                        }
-                    })
             }
             Err(GatherError::TooManySegments) => {
                 read_chain(ram, sq.chain(head_idx), &mut self.scratch)

@@ -518,63 +518,78 @@ impl Datapath {
             return any;
         }
         let mut corrupt = Vec::new();
-        let mut out_of_buffers = false;
-        // Round robin: up to 64 frames per ring per pass, passes until all are empty.
-        let mut progress = true;
-        while progress && !out_of_buffers {
-            progress = false;
-            // Rings from `rr` on first, then the ones before it.
-            let rr = self.rr;
-            let (first, later): (Vec<_>, Vec<_>) =
-                self.ingress.iter_mut().partition(|(s, _)| **s >= rr);
-            for (&slot, ing) in first.into_iter().chain(later) {
-                for _ in 0..64 {
-                    let rec = match ing.cons.peek() {
-                        Ok(Some(rec)) => rec,
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(slot, error = %e, "abandoning ingress ring");
-                            corrupt.push(slot);
-                            break;
-                        }
-                    };
-                    let whole = ing.cons.bytes(&rec);
-                    // Checks run on our own copy of the head; the guest gets that copy, and the
-                    // rest straight from the ring.
-                    let mut buf = [0u8; HEAD];
-                    let n = whole.len().min(HEAD);
-                    whole.copy_to(0, &mut buf[..n]);
-                    let head = &buf[..n];
-                    if n < VNET_HDR || !self.fwd.accept_ingress(slot, &head[VNET_HDR..]) {
-                        self.counters.ingress_rejects += 1;
-                        progress = true;
-                        ing.cons.consume(rec);
-                        continue;
+        let mut out_of_buffers: Option<PeerSlot> = None;
+        let (fwd, counters) = (&self.fwd, &mut self.counters);
+        // Up to 64 frames from one ring; true when the guest ran out of buffers.
+        let mut serve = |slot: PeerSlot, ing: &mut Ingress, progress: &mut bool| -> bool {
+            let mut stop = false;
+            for _ in 0..64 {
+                let rec = match ing.cons.peek() {
+                    Ok(Some(rec)) => rec,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(slot, error = %e, "abandoning ingress ring");
+                        corrupt.push(slot);
+                        break;
                     }
-                    match sink(Incoming::Shared { head, whole }) {
-                        Delivery::Delivered => {
-                            any = true;
-                            progress = true;
-                            self.counters.rx_frames += 1;
-                            ing.cons.consume(rec);
-                        }
-                        Delivery::Dropped => {
-                            progress = true;
-                            ing.cons.consume(rec);
-                        }
-                        Delivery::NoBuffer => {
-                            // The frame stays in the ring until the guest adds buffers.
-                            out_of_buffers = true;
-                            self.rr = slot;
-                            break;
-                        }
+                };
+                let whole = ing.cons.bytes(&rec);
+                // Checks run on our own copy of the head; the guest gets that copy, and the
+                // rest straight from the ring.
+                let mut buf = [0u8; HEAD];
+                let n = whole.len().min(HEAD);
+                whole.copy_to(0, &mut buf[..n]);
+                let head = &buf[..n];
+                if n < VNET_HDR || !fwd.accept_ingress(slot, &head[VNET_HDR..]) {
+                    counters.ingress_rejects += 1;
+                    *progress = true;
+                    ing.cons.consume(rec);
+                    continue;
+                }
+                match sink(Incoming::Shared { head, whole }) {
+                    Delivery::Delivered => {
+                        any = true;
+                        *progress = true;
+                        counters.rx_frames += 1;
+                        ing.cons.consume(rec);
+                    }
+                    Delivery::Dropped => {
+                        *progress = true;
+                        ing.cons.consume(rec);
+                    }
+                    Delivery::NoBuffer => {
+                        // The frame stays in the ring until the guest adds buffers.
+                        stop = true;
+                        break;
                     }
                 }
-                ing.cons.release();
-                if out_of_buffers {
+            }
+            ing.cons.release();
+            stop
+        };
+        // Round robin, starting at the ring that last found the guest out of buffers; passes
+        // until all rings are empty or the guest is out of buffers.
+        let rr = self.rr;
+        let mut progress = true;
+        while progress && out_of_buffers.is_none() {
+            progress = false;
+            for (&slot, ing) in self.ingress.range_mut(rr..) {
+                if serve(slot, ing, &mut progress) {
+                    out_of_buffers = Some(slot);
                     break;
                 }
             }
+            if out_of_buffers.is_none() {
+                for (&slot, ing) in self.ingress.range_mut(..rr) {
+                    if serve(slot, ing, &mut progress) {
+                        out_of_buffers = Some(slot);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(slot) = out_of_buffers {
+            self.rr = slot;
         }
         for slot in corrupt {
             self.counters.corrupt_rings += 1;
